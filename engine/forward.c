@@ -1,3 +1,338 @@
 /* SPDX-License-Identifier: MIT */
-/* Placeholder: being written. */
-typedef int kvc_placeholder_forward;
+/*
+ * forward.c - the transformer forward pass of llama and qwen2 models over a
+ * KV cache: batched prefill and single-token decode share one code path,
+ * with matrix products and attention split across the thread pool.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+struct forward_ctx {
+	const struct model *model;
+	struct kern_pool *pool;
+	uint32_t max_batch;
+	uint32_t n_ctx;
+	int n_threads;
+	float *x;	/* (max_batch, d_model) residual stream */
+	float *xb;	/* (max_batch, d_model) normalised input of a block */
+	float *q;	/* (max_batch, q_dim) */
+	float *k;	/* (max_batch, kv_dim) */
+	float *v;	/* (max_batch, kv_dim) */
+	float *att;	/* (max_batch, q_dim) attention output */
+	float *proj;	/* (max_batch, d_model) output of wo and w_down */
+	float *gate;	/* (max_batch, d_ff) */
+	float *up;	/* (max_batch, d_ff) */
+	float *scores;	/* (n_threads, n_ctx) attention weights */
+};
+
+struct forward_ctx *forward_ctx_create(const struct model *model,
+				       uint32_t max_batch, uint32_t n_ctx,
+				       struct kern_pool *pool)
+{
+	const struct model_config *c = &model->cfg;
+	size_t q_dim = (size_t)c->n_heads * c->head_dim;
+	size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+	struct forward_ctx *ctx;
+	size_t b = max_batch;
+
+	if (max_batch == 0 || n_ctx == 0)
+		return NULL;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return NULL;
+	ctx->model = model;
+	ctx->pool = pool;
+	ctx->max_batch = max_batch;
+	ctx->n_ctx = n_ctx;
+	ctx->n_threads = pool ? kern_pool_threads(pool) : 1;
+	ctx->x = malloc(b * c->d_model * sizeof(float));
+	ctx->xb = malloc(b * c->d_model * sizeof(float));
+	ctx->q = malloc(b * q_dim * sizeof(float));
+	ctx->k = malloc(b * kv_dim * sizeof(float));
+	ctx->v = malloc(b * kv_dim * sizeof(float));
+	ctx->att = malloc(b * q_dim * sizeof(float));
+	ctx->proj = malloc(b * c->d_model * sizeof(float));
+	ctx->gate = malloc(b * c->d_ff * sizeof(float));
+	ctx->up = malloc(b * c->d_ff * sizeof(float));
+	ctx->scores = malloc((size_t)ctx->n_threads * n_ctx * sizeof(float));
+	if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v ||
+	    !ctx->att || !ctx->proj || !ctx->gate || !ctx->up ||
+	    !ctx->scores) {
+		forward_ctx_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+void forward_ctx_free(struct forward_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	free(ctx->x);
+	free(ctx->xb);
+	free(ctx->q);
+	free(ctx->k);
+	free(ctx->v);
+	free(ctx->att);
+	free(ctx->proj);
+	free(ctx->gate);
+	free(ctx->up);
+	free(ctx->scores);
+	free(ctx);
+}
+
+int kv_cache_init(struct kv_cache *cache, const struct model *model,
+		  uint32_t n_ctx, enum kern_type type)
+{
+	const struct model_config *c = &model->cfg;
+	uint32_t kv_dim = c->n_kv_heads * c->head_dim;
+	size_t bytes;
+
+	memset(cache, 0, sizeof(*cache));
+	if (n_ctx == 0)
+		return -EINVAL;
+	if (type != KERN_TYPE_F32 && type != KERN_TYPE_F16 &&
+	    type != KERN_TYPE_Q8_0)
+		return -EINVAL;
+	if (type == KERN_TYPE_Q8_0 && c->head_dim % KERN_QK8_0 != 0)
+		return -EINVAL;
+	cache->type = type;
+	cache->n_ctx = n_ctx;
+	cache->n_layers = c->n_layers;
+	cache->row_bytes = kern_row_bytes(type, kv_dim);
+	bytes = (size_t)c->n_layers * n_ctx * cache->row_bytes;
+	cache->k = malloc(bytes);
+	cache->v = malloc(bytes);
+	if (!cache->k || !cache->v) {
+		kv_cache_free(cache);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void kv_cache_free(struct kv_cache *cache)
+{
+	free(cache->k);
+	free(cache->v);
+	cache->k = NULL;
+	cache->v = NULL;
+}
+
+/* Returns the cache row of layer @layer, position @pos. */
+static uint8_t *cache_row(const struct kv_cache *cache, uint8_t *base,
+			  uint32_t layer, uint32_t pos)
+{
+	return base + ((size_t)layer * cache->n_ctx + pos) * cache->row_bytes;
+}
+
+/* Attention of one layer for a batch, split over (token, head) items. */
+struct attention_task {
+	struct forward_ctx *ctx;
+	const struct kv_cache *cache;
+	uint32_t layer;
+	uint32_t n_tok;
+	uint32_t pos0;
+};
+
+static void attention_worker(void *arg, int ith, int nth)
+{
+	struct attention_task *task = arg;
+	struct forward_ctx *ctx = task->ctx;
+	const struct model_config *c = &ctx->model->cfg;
+	uint32_t n_heads = c->n_heads;
+	size_t n_items = (size_t)task->n_tok * n_heads;
+	size_t first = n_items * ith / nth;
+	size_t last = n_items * (ith + 1) / nth;
+	size_t q_dim = (size_t)n_heads * c->head_dim;
+	float scale = 1.0f / sqrtf((float)c->head_dim);
+	float *scores = ctx->scores + (size_t)ith * ctx->n_ctx;
+	size_t item = first;
+
+	while (item < last) {
+		uint32_t t = item / n_heads;
+		uint32_t h0 = item % n_heads;
+		uint32_t h1 = n_heads;
+		struct kern_kv_run run;
+
+		if ((size_t)t * n_heads + h1 > last)
+			h1 = last - (size_t)t * n_heads;
+		run.k = cache_row(task->cache, task->cache->k, task->layer, 0);
+		run.v = cache_row(task->cache, task->cache->v, task->layer, 0);
+		run.n = task->pos0 + t + 1;
+		kern_attention(ctx->att + t * q_dim, ctx->q + t * q_dim,
+			       n_heads, c->n_kv_heads, c->head_dim, h0, h1,
+			       &run, 1, task->cache->type, scale, scores);
+		item += h1 - h0;
+	}
+}
+
+static void add_bias(float *x, const float *bias, uint32_t n_tok,
+		     uint32_t dim)
+{
+	uint32_t t, i;
+
+	if (!bias)
+		return;
+	for (t = 0; t < n_tok; t++)
+		for (i = 0; i < dim; i++)
+			x[(size_t)t * dim + i] += bias[i];
+}
+
+static void add_rows(float *x, const float *y, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		x[i] += y[i];
+}
+
+static void matmul(struct forward_ctx *ctx, float *y,
+		   const struct model_matrix *w, const float *x,
+		   uint32_t n_tok)
+{
+	kern_matmul(ctx->pool, y, w->data, w->type, x, (int)w->n_in,
+		    (int)w->n_out, (int)n_tok);
+}
+
+/* Runs one transformer block on the n_tok rows of ctx->x. */
+static void forward_layer(struct forward_ctx *ctx, struct kv_cache *cache,
+			  uint32_t li, uint32_t n_tok, uint32_t pos0)
+{
+	const struct model *m = ctx->model;
+	const struct model_config *c = &m->cfg;
+	const struct model_layer *l = &m->layers[li];
+	uint32_t d = c->d_model;
+	uint32_t q_dim = c->n_heads * c->head_dim;
+	uint32_t kv_dim = c->n_kv_heads * c->head_dim;
+	struct attention_task task;
+	uint32_t t;
+
+	/* attention rmsnorm */
+	for (t = 0; t < n_tok; t++)
+		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+			     l->attn_norm, d, c->rms_eps);
+
+	/* q, k, v projections (qwen2 adds biases) */
+	matmul(ctx, ctx->q, &l->wq, ctx->xb, n_tok);
+	matmul(ctx, ctx->k, &l->wk, ctx->xb, n_tok);
+	matmul(ctx, ctx->v, &l->wv, ctx->xb, n_tok);
+	add_bias(ctx->q, l->bq, n_tok, q_dim);
+	add_bias(ctx->k, l->bk, n_tok, kv_dim);
+	add_bias(ctx->v, l->bv, n_tok, kv_dim);
+
+	/* RoPE on q and k, then k and v go into the cache */
+	for (t = 0; t < n_tok; t++) {
+		float *k = ctx->k + (size_t)t * kv_dim;
+
+		kern_rope_apply(&m->rope, ctx->q + (size_t)t * q_dim,
+				(int)c->n_heads, (int)c->head_dim,
+				(int)(pos0 + t));
+		kern_rope_apply(&m->rope, k, (int)c->n_kv_heads,
+				(int)c->head_dim, (int)(pos0 + t));
+		kern_quantize_row(cache->type, k,
+				  cache_row(cache, cache->k, li, pos0 + t),
+				  kv_dim);
+		kern_quantize_row(cache->type, ctx->v + (size_t)t * kv_dim,
+				  cache_row(cache, cache->v, li, pos0 + t),
+				  kv_dim);
+	}
+
+	/* attention over every earlier position and itself */
+	task = (struct attention_task){ .ctx = ctx, .cache = cache,
+					.layer = li, .n_tok = n_tok,
+					.pos0 = pos0 };
+	kern_pool_run(ctx->pool, attention_worker, &task);
+
+	/* output projection and residual */
+	matmul(ctx, ctx->proj, &l->wo, ctx->att, n_tok);
+	add_rows(ctx->x, ctx->proj, (size_t)n_tok * d);
+
+	/* feed-forward rmsnorm, SwiGLU and residual */
+	for (t = 0; t < n_tok; t++)
+		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+			     l->ffn_norm, d, c->rms_eps);
+	matmul(ctx, ctx->gate, &l->w_gate, ctx->xb, n_tok);
+	matmul(ctx, ctx->up, &l->w_up, ctx->xb, n_tok);
+	kern_swiglu(ctx->gate, ctx->gate, ctx->up, (int)((size_t)n_tok * c->d_ff));
+	matmul(ctx, ctx->proj, &l->w_down, ctx->gate, n_tok);
+	add_rows(ctx->x, ctx->proj, (size_t)n_tok * d);
+}
+
+/* Runs one chunk of at most max_batch tokens. */
+static void forward_chunk(struct forward_ctx *ctx, struct kv_cache *cache,
+			  const int32_t *tokens, const float *embd,
+			  uint32_t n_tok, uint32_t pos0, float *logits,
+			  bool all_logits)
+{
+	const struct model *m = ctx->model;
+	uint32_t d = m->cfg.d_model;
+	uint32_t t, li, first;
+
+	/* token embeddings, or the caller's vectors */
+	for (t = 0; t < n_tok; t++) {
+		if (tokens)
+			model_embed(m, tokens[t], ctx->x + (size_t)t * d);
+		else
+			memcpy(ctx->x + (size_t)t * d, embd + (size_t)t * d,
+			       d * sizeof(float));
+	}
+
+	for (li = 0; li < m->cfg.n_layers; li++)
+		forward_layer(ctx, cache, li, n_tok, pos0);
+
+	if (!logits)
+		return;
+
+	/* final rmsnorm and output head, for the rows the caller wants */
+	first = all_logits ? 0 : n_tok - 1;
+	for (t = first; t < n_tok; t++)
+		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+			     m->output_norm, d, m->cfg.rms_eps);
+	matmul(ctx, logits, &m->output, ctx->xb + (size_t)first * d,
+	       n_tok - first);
+}
+
+int model_forward(struct forward_ctx *ctx, struct kv_cache *cache,
+		  const int32_t *tokens, const float *embd, uint32_t n_tok,
+		  uint32_t pos0, float *logits, bool all_logits)
+{
+	const struct model *m = ctx->model;
+	uint32_t n_vocab = m->cfg.n_vocab;
+	uint32_t d = m->cfg.d_model;
+	uint32_t done, n;
+
+	if (n_tok == 0 || (!tokens && !embd))
+		return -EINVAL;
+	if (pos0 > cache->n_ctx || n_tok > cache->n_ctx - pos0 ||
+	    pos0 + n_tok > ctx->n_ctx)
+		return -ENOSPC;
+	if (tokens) {
+		for (done = 0; done < n_tok; done++)
+			if (tokens[done] < 0 || (uint32_t)tokens[done] >= n_vocab)
+				return -EINVAL;
+	}
+
+	for (done = 0; done < n_tok; done += n) {
+		bool last_chunk;
+		float *out = NULL;
+
+		n = n_tok - done;
+		if (n > ctx->max_batch)
+			n = ctx->max_batch;
+		last_chunk = done + n == n_tok;
+		if (logits && all_logits)
+			out = logits + (size_t)done * n_vocab;
+		else if (logits && last_chunk)
+			out = logits;
+		forward_chunk(ctx, cache, tokens ? tokens + done : NULL,
+			      embd ? embd + (size_t)done * d : NULL, n,
+			      pos0 + done, out, all_logits);
+	}
+	return 0;
+}
