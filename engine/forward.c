@@ -29,6 +29,7 @@ struct forward_ctx {
 	float *gate;	/* (max_batch, d_ff) */
 	float *up;	/* (max_batch, d_ff) */
 	float *scores;	/* (n_threads, n_ctx) attention weights */
+	struct kern_kv_run *runs; /* (n_threads, FORWARD_MAX_RUNS) */
 };
 
 struct forward_ctx *forward_ctx_create(const struct model *model,
@@ -61,9 +62,11 @@ struct forward_ctx *forward_ctx_create(const struct model *model,
 	ctx->gate = malloc(b * c->d_ff * sizeof(float));
 	ctx->up = malloc(b * c->d_ff * sizeof(float));
 	ctx->scores = malloc((size_t)ctx->n_threads * n_ctx * sizeof(float));
+	ctx->runs = malloc((size_t)ctx->n_threads * FORWARD_MAX_RUNS *
+			   sizeof(*ctx->runs));
 	if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v ||
 	    !ctx->att || !ctx->proj || !ctx->gate || !ctx->up ||
-	    !ctx->scores) {
+	    !ctx->scores || !ctx->runs) {
 		forward_ctx_free(ctx);
 		return NULL;
 	}
@@ -84,6 +87,7 @@ void forward_ctx_free(struct forward_ctx *ctx)
 	free(ctx->gate);
 	free(ctx->up);
 	free(ctx->scores);
+	free(ctx->runs);
 	free(ctx);
 }
 
@@ -124,20 +128,48 @@ void kv_cache_free(struct kv_cache *cache)
 	cache->v = NULL;
 }
 
-/* Returns the cache row of layer @layer, position @pos. */
-static uint8_t *cache_row(const struct kv_cache *cache, uint8_t *base,
-			  uint32_t layer, uint32_t pos)
+/* ---- The contiguous cache as a forward target ----------------------- */
+
+struct cache_target {
+	struct kv_cache *cache;
+	uint32_t pos0;
+};
+
+static void *cache_row(void *arg, uint32_t layer, uint32_t t, bool value)
 {
-	return base + ((size_t)layer * cache->n_ctx + pos) * cache->row_bytes;
+	struct cache_target *ct = arg;
+	struct kv_cache *c = ct->cache;
+	uint8_t *base = value ? c->v : c->k;
+
+	return base + ((size_t)layer * c->n_ctx + ct->pos0 + t) * c->row_bytes;
 }
 
-/* Attention of one layer for a batch, split over (token, head) items. */
+/* Every position from 0 up to the token itself, as one run. */
+static int cache_runs(void *arg, uint32_t layer, uint32_t t,
+		      struct kern_kv_run *runs, int cap)
+{
+	struct cache_target *ct = arg;
+	struct kv_cache *c = ct->cache;
+	size_t first = (size_t)layer * c->n_ctx * c->row_bytes;
+
+	if (cap < 1)
+		return -EINVAL;
+	runs[0].k = c->k + first;
+	runs[0].v = c->v + first;
+	runs[0].n = (int)(ct->pos0 + t + 1);
+	return 1;
+}
+
+/* ---- Attention ------------------------------------------------------- */
+
+/* Attention of one layer for a chunk, split over (token, head) items. */
 struct attention_task {
 	struct forward_ctx *ctx;
-	const struct kv_cache *cache;
+	const struct kv_target *target;
 	uint32_t layer;
-	uint32_t n_tok;
-	uint32_t pos0;
+	uint32_t n_tok;		/* tokens in this chunk */
+	uint32_t t0;		/* index of the chunk's first token in the call */
+	int status;		/* first negative errno from target->runs */
 };
 
 static void attention_worker(void *arg, int ith, int nth)
@@ -152,22 +184,35 @@ static void attention_worker(void *arg, int ith, int nth)
 	size_t q_dim = (size_t)n_heads * c->head_dim;
 	float scale = 1.0f / sqrtf((float)c->head_dim);
 	float *scores = ctx->scores + (size_t)ith * ctx->n_ctx;
+	struct kern_kv_run *runs = ctx->runs + (size_t)ith * FORWARD_MAX_RUNS;
 	size_t item = first;
 
 	while (item < last) {
 		uint32_t t = item / n_heads;
 		uint32_t h0 = item % n_heads;
 		uint32_t h1 = n_heads;
-		struct kern_kv_run run;
+		size_t n_keys = 0;
+		int n_runs, r;
 
 		if ((size_t)t * n_heads + h1 > last)
 			h1 = last - (size_t)t * n_heads;
-		run.k = cache_row(task->cache, task->cache->k, task->layer, 0);
-		run.v = cache_row(task->cache, task->cache->v, task->layer, 0);
-		run.n = task->pos0 + t + 1;
-		kern_attention(ctx->att + t * q_dim, ctx->q + t * q_dim,
-			       n_heads, c->n_kv_heads, c->head_dim, h0, h1,
-			       &run, 1, task->cache->type, scale, scores);
+		n_runs = task->target->runs(task->target->arg, task->layer,
+					    task->t0 + t, runs,
+					    FORWARD_MAX_RUNS);
+		for (r = 0; r < n_runs; r++)
+			n_keys += (size_t)runs[r].n;
+		if (n_runs <= 0 || n_keys > ctx->n_ctx) {
+			/* Benign race: every failing thread stores an error. */
+			__atomic_store_n(&task->status, n_runs < 0 ? n_runs : -EINVAL,
+					 __ATOMIC_RELAXED);
+			memset(ctx->att + t * q_dim + (size_t)h0 * c->head_dim, 0,
+			       (size_t)(h1 - h0) * c->head_dim * sizeof(float));
+		} else {
+			kern_attention(ctx->att + t * q_dim, ctx->q + t * q_dim,
+				       n_heads, c->n_kv_heads, c->head_dim, h0,
+				       h1, runs, n_runs, task->target->type,
+				       scale, scores);
+		}
 		item += h1 - h0;
 	}
 }
@@ -201,8 +246,9 @@ static void matmul(struct forward_ctx *ctx, float *y,
 }
 
 /* Runs one transformer block on the n_tok rows of ctx->x. */
-static void forward_layer(struct forward_ctx *ctx, struct kv_cache *cache,
-			  uint32_t li, uint32_t n_tok, uint32_t pos0)
+static int forward_layer(struct forward_ctx *ctx,
+			 const struct kv_target *target, uint32_t li,
+			 uint32_t n_tok, uint32_t t0, uint32_t pos0)
 {
 	const struct model *m = ctx->model;
 	const struct model_config *c = &m->cfg;
@@ -226,7 +272,7 @@ static void forward_layer(struct forward_ctx *ctx, struct kv_cache *cache,
 	add_bias(ctx->k, l->bk, n_tok, kv_dim);
 	add_bias(ctx->v, l->bv, n_tok, kv_dim);
 
-	/* RoPE on q and k, then k and v go into the cache */
+	/* RoPE on q and k, then k and v go into the target's rows */
 	for (t = 0; t < n_tok; t++) {
 		float *k = ctx->k + (size_t)t * kv_dim;
 
@@ -235,19 +281,21 @@ static void forward_layer(struct forward_ctx *ctx, struct kv_cache *cache,
 				(int)(pos0 + t));
 		kern_rope_apply(&m->rope, k, (int)c->n_kv_heads,
 				(int)c->head_dim, (int)(pos0 + t));
-		kern_quantize_row(cache->type, k,
-				  cache_row(cache, cache->k, li, pos0 + t),
+		kern_quantize_row(target->type, k,
+				  target->row(target->arg, li, t0 + t, false),
 				  kv_dim);
-		kern_quantize_row(cache->type, ctx->v + (size_t)t * kv_dim,
-				  cache_row(cache, cache->v, li, pos0 + t),
+		kern_quantize_row(target->type, ctx->v + (size_t)t * kv_dim,
+				  target->row(target->arg, li, t0 + t, true),
 				  kv_dim);
 	}
 
-	/* attention over every earlier position and itself */
-	task = (struct attention_task){ .ctx = ctx, .cache = cache,
+	/* attention over the keys the target makes visible */
+	task = (struct attention_task){ .ctx = ctx, .target = target,
 					.layer = li, .n_tok = n_tok,
-					.pos0 = pos0 };
+					.t0 = t0 };
 	kern_pool_run(ctx->pool, attention_worker, &task);
+	if (task.status < 0)
+		return task.status;
 
 	/* output projection and residual */
 	matmul(ctx, ctx->proj, &l->wo, ctx->att, n_tok);
@@ -262,17 +310,20 @@ static void forward_layer(struct forward_ctx *ctx, struct kv_cache *cache,
 	kern_swiglu(ctx->gate, ctx->gate, ctx->up, (int)((size_t)n_tok * c->d_ff));
 	matmul(ctx, ctx->proj, &l->w_down, ctx->gate, n_tok);
 	add_rows(ctx->x, ctx->proj, (size_t)n_tok * d);
+	return 0;
 }
 
 /* Runs one chunk of at most max_batch tokens. */
-static void forward_chunk(struct forward_ctx *ctx, struct kv_cache *cache,
-			  const int32_t *tokens, const float *embd,
-			  uint32_t n_tok, uint32_t pos0, float *logits,
-			  bool all_logits)
+static int forward_chunk(struct forward_ctx *ctx,
+			 const struct kv_target *target,
+			 const int32_t *tokens, const float *embd,
+			 uint32_t n_tok, uint32_t t0, uint32_t pos0,
+			 float *logits, bool all_logits)
 {
 	const struct model *m = ctx->model;
 	uint32_t d = m->cfg.d_model;
 	uint32_t t, li, first;
+	int rc;
 
 	/* token embeddings, or the caller's vectors */
 	for (t = 0; t < n_tok; t++) {
@@ -284,10 +335,11 @@ static void forward_chunk(struct forward_ctx *ctx, struct kv_cache *cache,
 	}
 
 	for (li = 0; li < m->cfg.n_layers; li++)
-		forward_layer(ctx, cache, li, n_tok, pos0);
+		if ((rc = forward_layer(ctx, target, li, n_tok, t0, pos0)) < 0)
+			return rc;
 
 	if (!logits)
-		return;
+		return 0;
 
 	/* final rmsnorm and output head, for the rows the caller wants */
 	first = all_logits ? 0 : n_tok - 1;
@@ -296,22 +348,23 @@ static void forward_chunk(struct forward_ctx *ctx, struct kv_cache *cache,
 			     m->output_norm, d, m->cfg.rms_eps);
 	matmul(ctx, logits, &m->output, ctx->xb + (size_t)first * d,
 	       n_tok - first);
+	return 0;
 }
 
-int model_forward(struct forward_ctx *ctx, struct kv_cache *cache,
-		  const int32_t *tokens, const float *embd, uint32_t n_tok,
-		  uint32_t pos0, float *logits, bool all_logits)
+int model_forward_target(struct forward_ctx *ctx,
+			 const struct kv_target *target,
+			 const int32_t *tokens, const float *embd,
+			 uint32_t n_tok, uint32_t pos0, float *logits,
+			 bool all_logits)
 {
 	const struct model *m = ctx->model;
 	uint32_t n_vocab = m->cfg.n_vocab;
 	uint32_t d = m->cfg.d_model;
 	uint32_t done, n;
+	int rc;
 
 	if (n_tok == 0 || (!tokens && !embd))
 		return -EINVAL;
-	if (pos0 > cache->n_ctx || n_tok > cache->n_ctx - pos0 ||
-	    pos0 + n_tok > ctx->n_ctx)
-		return -ENOSPC;
 	if (tokens) {
 		for (done = 0; done < n_tok; done++)
 			if (tokens[done] < 0 || (uint32_t)tokens[done] >= n_vocab)
@@ -330,9 +383,28 @@ int model_forward(struct forward_ctx *ctx, struct kv_cache *cache,
 			out = logits + (size_t)done * n_vocab;
 		else if (logits && last_chunk)
 			out = logits;
-		forward_chunk(ctx, cache, tokens ? tokens + done : NULL,
-			      embd ? embd + (size_t)done * d : NULL, n,
-			      pos0 + done, out, all_logits);
+		rc = forward_chunk(ctx, target, tokens ? tokens + done : NULL,
+				   embd ? embd + (size_t)done * d : NULL, n,
+				   done, pos0 + done, out, all_logits);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
+}
+
+int model_forward(struct forward_ctx *ctx, struct kv_cache *cache,
+		  const int32_t *tokens, const float *embd, uint32_t n_tok,
+		  uint32_t pos0, float *logits, bool all_logits)
+{
+	struct cache_target ct = { .cache = cache, .pos0 = pos0 };
+	struct kv_target target = {
+		.type = cache->type, .arg = &ct, .row = cache_row,
+		.runs = cache_runs,
+	};
+
+	if (pos0 > cache->n_ctx || n_tok > cache->n_ctx - pos0 ||
+	    pos0 + n_tok > ctx->n_ctx)
+		return -ENOSPC;
+	return model_forward_target(ctx, &target, tokens, embd, n_tok, pos0,
+				    logits, all_logits);
 }

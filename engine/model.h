@@ -119,6 +119,42 @@ struct forward_ctx *forward_ctx_create(const struct model *model,
 				       struct kern_pool *pool);
 void forward_ctx_free(struct forward_ctx *ctx);
 
+/* At most this many key runs may be visible to one token. */
+#define FORWARD_MAX_RUNS 4096
+
+/*
+ * Where a forward pass stores keys and values, and which keys each new token
+ * attends to. Token t of a call (0-based over the whole call) sits at
+ * position pos0 + t. Both callbacks must only read shared state, because
+ * worker threads call them concurrently.
+ */
+struct kv_target {
+	enum kern_type type;	/* element type of the rows: F32, F16, Q8_0 */
+	void *arg;
+	/* Returns the key row (value row if @value) of new token @t in @layer. */
+	void *(*row)(void *arg, uint32_t layer, uint32_t t, bool value);
+	/*
+	 * Fills at most @cap runs with the keys new token @t attends to in
+	 * @layer, its own key included, and returns how many it filled, or a
+	 * negative errno if they do not fit.
+	 */
+	int (*runs)(void *arg, uint32_t layer, uint32_t t,
+		    struct kern_kv_run *runs, int cap);
+};
+
+/*
+ * Runs @n_tok tokens through the model like model_forward, but stores keys
+ * and values and chooses the visible keys through @target. At most n_ctx
+ * keys (of forward_ctx_create) may be visible to one token. Returns 0,
+ * -EINVAL for an id outside the vocabulary or a target whose runs do not
+ * fit (then rows may already have been written).
+ */
+int model_forward_target(struct forward_ctx *ctx,
+			 const struct kv_target *target,
+			 const int32_t *tokens, const float *embd,
+			 uint32_t n_tok, uint32_t pos0, float *logits,
+			 bool all_logits);
+
 /*
  * Runs @n_tok tokens at positions pos0 .. pos0 + n_tok - 1 through the
  * model, writing their keys and values into @cache and attending causally
