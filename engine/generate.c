@@ -101,18 +101,19 @@ static int flush(struct pending_text *p, size_t n, int32_t id,
 	return rc;
 }
 
-int generate(struct forward_ctx *ctx, struct kv_cache *cache,
-	     const struct model *model, const int32_t *prompt,
-	     uint32_t n_prompt, const struct gen_params *params,
-	     gen_text_fn on_text, void *arg, struct gen_stats *stats)
+int generate_loop(const struct model *model, gen_feed_fn feed,
+		  void *feed_arg, const int32_t *prompt, uint32_t n_prompt,
+		  const struct gen_params *params, bool feed_last,
+		  gen_text_fn on_text, void *arg, struct gen_stats *stats)
 {
 	uint32_t n_vocab = model->cfg.n_vocab;
 	int32_t eos = tok_eos(model->tok);
 	struct pending_text text = { 0 };
 	struct sampler *sampler;
+	bool fed = false;
 	float *logits;
-	uint32_t pos;
 	double t0, t1;
+	int32_t id;
 	int rc;
 
 	memset(stats, 0, sizeof(*stats));
@@ -128,17 +129,15 @@ int generate(struct forward_ctx *ctx, struct kv_cache *cache,
 
 	/* prefill */
 	t0 = now_seconds();
-	rc = model_forward(ctx, cache, prompt, NULL, n_prompt, 0, logits,
-			   false);
+	rc = feed(feed_arg, prompt, n_prompt, logits);
 	if (rc < 0)
 		goto out_free;
 	t1 = now_seconds();
 	stats->prefill_seconds = t1 - t0;
 
-	/* decode */
+	/* decode: sample, stream, feed back */
 	stats->stop = GEN_STOP_MAX_TOKENS;
-	for (pos = n_prompt; stats->n_generated < params->max_tokens; pos++) {
-		int32_t id;
+	for (;;) {
 		char piece[256];
 		size_t safe;
 		long stop_at;
@@ -147,6 +146,7 @@ int generate(struct forward_ctx *ctx, struct kv_cache *cache,
 		if (params->on_logits)
 			params->on_logits(params->logits_arg, logits, n_vocab);
 		id = sampler_sample(sampler, logits);
+		fed = false;
 		stats->n_generated++;
 		if (id == eos && !params->ignore_eos) {
 			stats->stop = GEN_STOP_EOS;
@@ -175,15 +175,25 @@ int generate(struct forward_ctx *ctx, struct kv_cache *cache,
 		}
 		if (stats->n_generated == params->max_tokens)
 			break;
-		if (pos >= cache->n_ctx) {
+		rc = feed(feed_arg, &id, 1, logits);
+		if (rc == -ENOSPC || rc == -E2BIG) {
 			stats->stop = GEN_STOP_CONTEXT;
+			fed = true;	/* nothing more can be fed */
 			break;
 		}
-		rc = model_forward(ctx, cache, &id, NULL, 1, pos, logits,
-				   false);
 		if (rc < 0)
 			goto out_free;
+		fed = true;
 	}
+
+	/* the last sampled token, unless it ended the text as EOS or a stop token */
+	if (feed_last && !fed && stats->stop != GEN_STOP_EOS &&
+	    stats->stop != GEN_STOP_TOKEN) {
+		rc = feed(feed_arg, &id, 1, NULL);
+		if (rc < 0 && rc != -ENOSPC && rc != -E2BIG)
+			goto out_free;
+	}
+
 	/* text held back for a stop string that never came */
 	if (stats->stop != GEN_STOP_STRING && text.len > 0)
 		flush(&text, text.len, -1, on_text, arg);
@@ -195,4 +205,34 @@ out_free:
 	sampler_free(sampler);
 	free(logits);
 	return rc;
+}
+
+/* Feeds tokens into a contiguous cache at the next positions. */
+struct cache_feed {
+	struct forward_ctx *ctx;
+	struct kv_cache *cache;
+	uint32_t pos;
+};
+
+static int feed_cache(void *arg, const int32_t *tokens, uint32_t n,
+		      float *logits)
+{
+	struct cache_feed *f = arg;
+	int rc = model_forward(f->ctx, f->cache, tokens, NULL, n, f->pos,
+			       logits, false);
+
+	if (rc == 0)
+		f->pos += n;
+	return rc;
+}
+
+int generate(struct forward_ctx *ctx, struct kv_cache *cache,
+	     const struct model *model, const int32_t *prompt,
+	     uint32_t n_prompt, const struct gen_params *params,
+	     gen_text_fn on_text, void *arg, struct gen_stats *stats)
+{
+	struct cache_feed f = { .ctx = ctx, .cache = cache, .pos = 0 };
+
+	return generate_loop(model, feed_cache, &f, prompt, n_prompt, params,
+			     false, on_text, arg, stats);
 }

@@ -67,4 +67,25 @@ int generate(struct forward_ctx *ctx, struct kv_cache *cache,
 	     uint32_t n_prompt, const struct gen_params *params,
 	     gen_text_fn on_text, void *arg, struct gen_stats *stats);
 
+/*
+ * Runs @n tokens at the next positions of whatever the caller generates
+ * into, and writes the logits of the last one into @logits (n_vocab floats)
+ * unless it is NULL. Returns 0, -ENOSPC or -E2BIG when no position is
+ * left, or another negative errno.
+ */
+typedef int (*gen_feed_fn)(void *arg, const int32_t *tokens, uint32_t n,
+			   float *logits);
+
+/*
+ * The loop generate() runs, over any @feed: feeds @prompt, then samples and
+ * feeds one token at a time. When @feed_last is set, the last sampled token
+ * is fed too unless it is EOS or a stop token, so the caller's KV holds
+ * every generated token; generate() does not, saving one forward pass. A
+ * feed that runs out of positions ends generation with GEN_STOP_CONTEXT.
+ */
+int generate_loop(const struct model *model, gen_feed_fn feed,
+		  void *feed_arg, const int32_t *prompt, uint32_t n_prompt,
+		  const struct gen_params *params, bool feed_last,
+		  gen_text_fn on_text, void *arg, struct gen_stats *stats);
+
 #endif /* KVCHAIN_GENERATE_H */

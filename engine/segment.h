@@ -101,9 +101,11 @@ void segment_release(struct segment *seg);
 int segment_fork(const struct segment *seg, struct segment **out);
 
 /*
- * An explicit view: the ids of the earlier spans a new span may read. The
- * stage's own prompt slot and the span itself are always visible; the
- * list need not name them. A NULL view means the cascade mask's default.
+ * An explicit view: the ids of the earlier spans a new span may read, any
+ * kind, prompt slots of other stages included. The stage's own prompt slot
+ * (for stage inputs and outputs) and the span itself are always visible;
+ * the list need not name them. A NULL view means the cascade mask's
+ * default.
  */
 struct span_view {
 	const uint32_t *spans;
@@ -113,20 +115,22 @@ struct span_view {
 /*
  * Appends @n token ids as a span of @kind (shared or stage input) for
  * @stage (ignored for shared input) and computes its KV. Stores the new
- * span's id in *span_id. On any error the segment is left as it was:
+ * span's id in *span_id and, if @logits is not NULL, the logits after its
+ * last token (n_vocab floats). On any error the segment is left as it was:
  * -EINVAL for a bad kind, stage or token id; -ENOENT for a view naming a
- * span that does not exist, was dropped, or is a prompt slot of another
- * stage; -E2BIG when the segment would exceed n_ctx; -ENOSPC when the store
- * is out of blocks.
+ * span that does not exist (yet) or was dropped; -E2BIG when the segment
+ * would exceed n_ctx; -ENOSPC when the store is out of blocks.
  */
 int segment_append_tokens(struct segment *seg, enum span_kind kind,
 			  uint32_t stage, const int32_t *tokens, uint32_t n,
-			  const struct span_view *view, uint32_t *span_id);
+			  const struct span_view *view, uint32_t *span_id,
+			  float *logits);
 
 /* Appends @len bytes of text, framed as an input span (text + "\n"). */
 int segment_append_text(struct segment *seg, enum span_kind kind,
 			uint32_t stage, const char *text, size_t len,
-			const struct span_view *view, uint32_t *span_id);
+			const struct span_view *view, uint32_t *span_id,
+			float *logits);
 
 /*
  * Generates as @stage: feeds BOS, then samples and feeds tokens until EOS,
@@ -173,8 +177,8 @@ uint32_t segment_n_positions(const struct segment *seg);
  * Writes the attention mask the segment's spans were computed with as an
  * n x n matrix of 0/1 bytes, n = segment_n_positions(): mask[q * n + k] is
  * 1 when the token at position q attended to the key at position k. Rows
- * of dropped spans are kept. Built from the same visible-run lists the
- * forward pass reads.
+ * of dropped spans are kept. The forward pass chooses keys through the
+ * same function.
  */
 int segment_mask(const struct segment *seg, uint8_t *mask, size_t n);
 
