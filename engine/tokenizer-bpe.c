@@ -2,8 +2,8 @@
 /*
  * tokenizer-bpe.c - the byte-level BPE tokenizer ("gpt2" in GGUF).
  *
- * The text is cut into pre-tokens by the pre-tokenizer's regular expression
- * (PCRE2 in UTF mode with Unicode properties), each byte of a pre-token
+ * The pre-tokenizer's regular expression (PCRE2 in UTF mode with Unicode
+ * properties) cuts the text into pre-tokens. Each byte of a pre-token
  * becomes its GPT-2 byte-level character, and adjacent pairs are merged in
  * merge-rank order until no ranked pair is left.
  */
@@ -297,6 +297,27 @@ static int bpe_try_pair(const struct tokenizer *tok, struct tok_scratch *s,
 }
 
 /*
+ * Returns the ordinary token whose text is the whole pre-token @w in
+ * byte-level characters, or -1.
+ */
+static int32_t bpe_whole_word(const struct tokenizer *tok,
+			      const unsigned char *w, size_t n,
+			      struct tok_scratch *s)
+{
+	size_t len = 0, i;
+	int32_t id;
+
+	if (tok_scratch_buf(s, 2 * n))
+		return -1;
+	for (i = 0; i < n; i++)
+		len += put_cp(byte_to_cp(w[i]), s->buf + len);
+	id = tok_lookup(tok, s->buf, len);
+	if (id < 0 || tok->vocab[id].type != TOK_TYPE_NORMAL)
+		return -1;
+	return id;
+}
+
+/*
  * Encodes one pre-token. Every merge result is a vocabulary token
  * (tok_create checked that), so only single bytes can be missing, and
  * those make the text unrepresentable.
@@ -307,6 +328,18 @@ static int bpe_word(const struct tokenizer *tok, const unsigned char *w,
 	struct tok_bigram bg;
 	int32_t i;
 	int ret;
+
+	/* llama3 takes a pre-token that is itself a token whole, without
+	 * merging (ignore_merges in Hugging Face tokenizers; llama.cpp does
+	 * the same for this pre-tokenizer). */
+	if (tok->pre == TOK_PRE_LLAMA3 && n > 1) {
+		int32_t id = bpe_whole_word(tok, w, n, s);
+
+		if (id >= 0) {
+			tok_out_push(out, id);
+			return 0;
+		}
+	}
 
 	if (tok_scratch_symbols(s, n))
 		return -ENOMEM;
@@ -443,9 +476,9 @@ static void put(char *buf, size_t cap, size_t *n, const void *src, size_t k)
 	*n += k;
 }
 
-/* Control tokens give nothing and user-defined ones their text; any other
- * token maps its byte-level characters back to bytes, and copies a
- * character outside that alphabet as it is. */
+/* Control tokens give nothing and user-defined ones their text. Any other
+ * token maps its byte-level characters back to bytes and copies a
+ * character outside that alphabet unchanged. */
 int tok_bpe_piece(const struct tokenizer *tok, int32_t id, char *buf,
 		  size_t cap)
 {

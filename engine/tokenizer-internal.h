@@ -14,11 +14,12 @@
 
 #include "tokenizer.h"
 
-/* Longest text tok_encode accepts, so symbol indices fit in an int32_t
+/* Maximum text length tok_encode accepts, so symbol indices fit in an int32_t
  * even after SPM turns each space into a 3-byte U+2581. */
 #define TOK_MAX_TEXT ((size_t)INT32_MAX / 4)
 
-/* Longest token text tok_create accepts, so a piece length fits in an int. */
+/* Maximum token text length tok_create accepts, so a piece length fits in
+ * an int. */
 #define TOK_MAX_TOKEN_LEN (1u << 20)
 
 struct tok_token {
@@ -94,7 +95,7 @@ struct tok_symbol {
 	uint32_t start;		/* byte offset into the text being merged */
 	uint32_t len;		/* bytes */
 	int32_t prev, next;	/* indices, -1 at either end */
-	int32_t id;		/* BPE: the token id; SPM: unused until the end */
+	int32_t id;		/* BPE: the token id; SPM: unused */
 };
 
 /*

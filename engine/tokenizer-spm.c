@@ -71,7 +71,9 @@ static int spm_try_pair(const struct tokenizer *tok, const char *text,
 }
 
 /* Copies @text into the scratch buffer with spaces as U+2581, after one
- * U+2581 when @space_prefix. Returns the new length or -ENOMEM. */
+ * U+2581 when @space_prefix. Returns the new length or -ENOMEM.
+ * NOTE: a U+2581 already in the input is indistinguishable from a space
+ * afterwards and decodes as one, as in SentencePiece. */
 static long spm_escape(const char *text, size_t len, bool space_prefix,
 		       struct tok_scratch *s)
 {
@@ -112,8 +114,11 @@ static int spm_emit(const struct tokenizer *tok, const char *text, size_t len,
 		if (tok->byte_ids[(unsigned char)text[i]] < 0)
 			break;
 	if (i == len) {
-		for (i = 0; i < len; i++)
-			tok_out_push(out, tok->byte_ids[(unsigned char)text[i]]);
+		for (i = 0; i < len; i++) {
+			unsigned char c = (unsigned char)text[i];
+
+			tok_out_push(out, tok->byte_ids[c]);
+		}
 		return 0;
 	}
 	if (tok->unk_id < 0)
@@ -140,7 +145,7 @@ int tok_spm_encode(const struct tokenizer *tok, const char *text, size_t len,
 		return -ENOMEM;
 	u = (const unsigned char *)s->buf;
 
-	/* One symbol per UTF-8 character; an invalid byte stands alone. */
+	/* One symbol per UTF-8 character, and one per invalid byte. */
 	while (pos < (size_t)blen) {
 		size_t clen = tok_utf8_len(u + pos, (size_t)blen - pos);
 		struct tok_symbol *sym = &s->symbols[n];
@@ -163,7 +168,7 @@ int tok_spm_encode(const struct tokenizer *tok, const char *text, size_t len,
 			return ret;
 	}
 
-	/* Best score first; a popped pair whose symbols changed since it was
+	/* Best score first. A popped pair whose symbols changed since it was
 	 * queued is stale and skipped. */
 	while (tok_heap_pop(&s->heap, &bg)) {
 		struct tok_symbol *l = &s->symbols[bg.left];
@@ -202,7 +207,7 @@ static void put(char *buf, size_t cap, size_t *n, const void *src, size_t k)
 	*n += k;
 }
 
-/* Returns the byte a "<0xNN>" text stands for, or -1. */
+/* Returns the byte NN of a "<0xNN>" text, or -1. */
 static int parse_byte_token(const char *text, uint32_t len)
 {
 	unsigned v = 0;

@@ -112,7 +112,7 @@ static uint64_t hash_bytes(const char *s, size_t len)
 	return h;
 }
 
-/* Builds the table; a text that occurs twice keeps its lowest id. */
+/* Builds the table. A text that occurs twice keeps its lowest id. */
 static int text_map_build(struct tokenizer *tok)
 {
 	uint32_t cap = 16, i;
@@ -141,7 +141,8 @@ static int text_map_build(struct tokenizer *tok)
 				break;
 			}
 			o = &tok->vocab[v - 1];
-			if (o->len == t->len && !memcmp(o->text, t->text, t->len))
+			if (o->len == t->len &&
+			    !memcmp(o->text, t->text, t->len))
 				break;
 			slot = (slot + 1) & tok->text_map.mask;
 		}
@@ -294,7 +295,8 @@ static int check_spec(const struct tok_spec *spec, char *err, size_t errlen)
 	int ret;
 
 	if (spec->kind != TOK_KIND_SPM && spec->kind != TOK_KIND_BPE) {
-		set_err(err, errlen, "tokenizer: invalid kind %d", (int)spec->kind);
+		set_err(err, errlen, "tokenizer: invalid kind %d",
+			(int)spec->kind);
 		return -EINVAL;
 	}
 	if (spec->pre != TOK_PRE_GPT2 && spec->pre != TOK_PRE_LLAMA3 &&
@@ -313,14 +315,15 @@ static int check_spec(const struct tok_spec *spec, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	if (spec->n_merges && (!spec->merges || !spec->merge_lens)) {
-		set_err(err, errlen, "tokenizer: %u merges given without their texts",
+		set_err(err, errlen,
+			"tokenizer: %u merges given without their texts",
 			spec->n_merges);
 		return -EINVAL;
 	}
 	for (i = 0; i < spec->n_vocab; i++) {
 		if (!spec->tokens[i] || !spec->token_lens[i]) {
-			set_err(err, errlen, "tokenizer: token %u has an empty text",
-				i);
+			set_err(err, errlen,
+				"tokenizer: token %u has an empty text", i);
 			return -EINVAL;
 		}
 		if (spec->token_lens[i] > TOK_MAX_TOKEN_LEN) {
@@ -331,18 +334,21 @@ static int check_spec(const struct tok_spec *spec, char *err, size_t errlen)
 		}
 		if (spec->types && (spec->types[i] < TOK_TYPE_NORMAL ||
 				    spec->types[i] > TOK_TYPE_BYTE)) {
-			set_err(err, errlen, "tokenizer: token %u has invalid type %d",
+			set_err(err, errlen,
+				"tokenizer: token %u has invalid type %d",
 				i, spec->types[i]);
 			return -EINVAL;
 		}
 		if (spec->scores && isnan(spec->scores[i])) {
-			set_err(err, errlen, "tokenizer: token %u has a NaN score", i);
+			set_err(err, errlen,
+				"tokenizer: token %u has a NaN score", i);
 			return -EINVAL;
 		}
 	}
 	ret = check_id(spec->bos_id, spec->n_vocab, "bos id", err, errlen);
 	if (!ret)
-		ret = check_id(spec->eos_id, spec->n_vocab, "eos id", err, errlen);
+		ret = check_id(spec->eos_id, spec->n_vocab, "eos id", err,
+			       errlen);
 	if (!ret)
 		ret = check_id(spec->unk_id, spec->n_vocab, "unknown id", err,
 			       errlen);
@@ -583,7 +589,8 @@ static int read_kind(const struct gguf_file *file, struct tok_spec *spec,
 	if (ret == -ENOENT || spec->kind == TOK_KIND_SPM)
 		return 0;
 	if (ret) {
-		set_err(err, errlen, "tokenizer: tokenizer.ggml.pre is not a string");
+		set_err(err, errlen,
+			"tokenizer: tokenizer.ggml.pre is not a string");
 		return ret;
 	}
 	if (gguf_str_eq(s, "default") || gguf_str_eq(s, "gpt2")) {
@@ -601,7 +608,7 @@ static int read_kind(const struct gguf_file *file, struct tok_spec *spec,
 	return 0;
 }
 
-/* Reads string array @key into @texts and @lens; *n is its length. */
+/* Reads string array @key into @texts and @lens, and its length into *n. */
 static int read_strings(const struct gguf_file *file, const char *key,
 			const char ***texts, uint32_t **lens, uint32_t *n,
 			char *err, size_t errlen)
@@ -617,7 +624,8 @@ static int read_strings(const struct gguf_file *file, const char *key,
 		return ret;
 	}
 	if (kv->arr_n > INT32_MAX) {
-		set_err(err, errlen, "tokenizer: %s has too many entries (%llu)",
+		set_err(err, errlen,
+			"tokenizer: %s has too many entries (%llu)",
 			key, (unsigned long long)kv->arr_n);
 		return -EINVAL;
 	}
@@ -644,7 +652,7 @@ static int read_strings(const struct gguf_file *file, const char *key,
 	return 0;
 }
 
-/* Reads the optional scores and token_type arrays; each must have one
+/* Reads the optional scores and token_type arrays, which must have one
  * entry per token. */
 static int read_token_info(const struct gguf_file *file, uint32_t n_vocab,
 			   struct gguf_vocab *v, char *err, size_t errlen)
@@ -708,12 +716,25 @@ out_nomem:
 static int read_id(const struct gguf_file *file, const char *key,
 		   int32_t *id, char *err, size_t errlen)
 {
+	const struct gguf_kv *kv = gguf_find(file, key);
 	uint32_t v;
+	int32_t i32;
 	int ret = gguf_get_u32(file, key, &v);
 
 	*id = -1;
 	if (ret == -ENOENT)
 		return 0;
+	/*
+	 * "No such token" is written as -1: llama.cpp's llama2.c converter
+	 * stores it as the UINT32 4294967295, other writers as the INT32 -1.
+	 */
+	if (ret == 0 && v == UINT32_MAX)
+		return 0;
+	if (ret && kv && kv->type == GGUF_TYPE_INT32) {
+		memcpy(&i32, kv->value, sizeof(i32));
+		if (i32 == -1)
+			return 0;
+	}
 	if (ret || v > INT32_MAX) {
 		set_err(err, errlen,
 			"tokenizer: %s is not a non-negative integer", key);
@@ -737,6 +758,16 @@ static int read_flag(const struct gguf_file *file, const char *key,
 	return ret;
 }
 
+/*
+ * Returns add_bos for a file without tokenizer.ggml.add_bos_token: true for
+ * SPM, false for BPE except llama3. Llama 3 files often lack the key while
+ * the model expects its BOS first (llama.cpp assumes true there as well).
+ */
+static bool default_add_bos(const struct tok_spec *spec)
+{
+	return spec->kind == TOK_KIND_SPM || spec->pre == TOK_PRE_LLAMA3;
+}
+
 int tok_load_gguf(const struct gguf_file *file, struct tokenizer **out,
 		  char *err, size_t errlen)
 {
@@ -758,11 +789,10 @@ int tok_load_gguf(const struct gguf_file *file, struct tokenizer **out,
 	ret = read_token_info(file, spec.n_vocab, &v, err, errlen);
 	if (ret)
 		goto out_free_vocab;
-	if (!spm) {
+	/* A BPE vocabulary without merges encodes byte by byte. */
+	if (!spm && gguf_find(file, "tokenizer.ggml.merges")) {
 		ret = read_strings(file, "tokenizer.ggml.merges", &v.merges,
 				   &v.merge_lens, &spec.n_merges, err, errlen);
-		if (ret == -ENOENT)
-			ret = 0;	/* a byte-only BPE vocabulary */
 		if (ret)
 			goto out_free_vocab;
 	}
@@ -775,7 +805,8 @@ int tok_load_gguf(const struct gguf_file *file, struct tokenizer **out,
 	    (ret = read_id(file, "tokenizer.ggml.padding_token_id",
 			   &spec.pad_id, err, errlen)) ||
 	    (ret = read_flag(file, "tokenizer.ggml.add_bos_token",
-			     &spec.add_bos, spm, err, errlen)) ||
+			     &spec.add_bos, default_add_bos(&spec), err,
+			     errlen)) ||
 	    (ret = read_flag(file, "tokenizer.ggml.add_eos_token",
 			     &spec.add_eos, false, err, errlen)) ||
 	    (ret = read_flag(file, "tokenizer.ggml.add_space_prefix",
@@ -905,6 +936,8 @@ int tok_token_to_piece(const struct tokenizer *tok, int32_t id, char *buf,
  * Returns true when the SPM space prefix should be dropped: the first
  * token that gives any bytes is an ordinary token starting with a space.
  * Control tokens (a leading BOS) are skipped because they give no bytes.
+ * NOTE: so "<s> hi" encoded with TOK_PARSE_SPECIAL decodes to "hi", since
+ * its "▁hi" cannot be told from the prefixed text after an added BOS.
  */
 static bool strip_first_space(const struct tokenizer *tok, const int32_t *ids,
 			      size_t n, unsigned flags)

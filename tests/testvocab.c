@@ -4,8 +4,8 @@
  * tokenizer tests: one SentencePiece-style ("llama") and one byte-level BPE
  * ("gpt2"), each a few hundred tokens, built once into static storage.
  *
- * The merged pieces and their scores or ranks are small enough to follow
- * by hand; test-tokenizer.c derives its expected encodings from them, so a
+ * The merged pieces and their scores or ranks are few enough to follow by
+ * hand. test-tokenizer.c derives its expected encodings from them, so a
  * change here needs the matching change there.
  */
 #include <pthread.h>
@@ -80,6 +80,10 @@ static const char *const bpe_merges[] = {
 	"Ã ©", "c a", "ca f", "caf Ã©",		/* 33-36: "café" */
 	"' s", "' hello",			/* 37-38 */
 };
+
+/* Tokens that no merge builds, after the merge tokens. Only llama3's
+ * whole-word lookup can produce them. */
+static const char *const bpe_unmerged[] = { "xyz" };
 
 #define N_BPE_MERGES (sizeof(bpe_merges) / sizeof(bpe_merges[0]))
 
@@ -197,7 +201,8 @@ static size_t byte_char(unsigned b, char *out)
 /*
  * BPE: the 256 byte-level characters as ids 0..255 in byte order, then
  * <|endoftext|> 256 (control), <|im_start|> 257 (user-defined),
- * <|im_end|> 258 (control), then one token per merge, 259 onwards.
+ * <|im_end|> 258 (control), then one token per merge, 259 onwards, then
+ * bpe_unmerged[].
  */
 static bool build_bpe(void)
 {
@@ -223,6 +228,8 @@ static bool build_bpe(void)
 		ok &= add(s, text, llen + rlen, 0.0f, TOK_TYPE_NORMAL);
 		bpe_merge_lens[i] = (uint32_t)strlen(m);
 	}
+	for (i = 0; i < sizeof(bpe_unmerged) / sizeof(bpe_unmerged[0]); i++)
+		ok &= add_str(s, bpe_unmerged[i], 0.0f, TOK_TYPE_NORMAL);
 
 	for (k = 0; k < 3; k++) {
 		bpe_specs[k] = (struct tok_spec){
