@@ -113,6 +113,16 @@ void engine_destroy(struct engine *eng)
 	free(eng);
 }
 
+const struct model *engine_model(const struct engine *eng)
+{
+	return eng->model;
+}
+
+struct kv_store *engine_store(const struct engine *eng)
+{
+	return eng->store;
+}
+
 /* ==== Spans ========================================================== */
 
 static void span_free_arrays(struct span *s)

@@ -65,6 +65,9 @@ struct engine *engine_create(const struct model *model, struct kv_store *store,
 			     uint32_t n_ctx);
 void engine_destroy(struct engine *eng);
 
+const struct model *engine_model(const struct engine *eng);
+struct kv_store *engine_store(const struct engine *eng);
+
 struct chain;
 
 /*
