@@ -37,6 +37,7 @@ struct options {
 
 /* Figures of one chain run; the best of the repetitions is kept. */
 struct figures {
+	double a_total;		/* seconds from the chain's start to O_A */
 	double b_first_token;	/* seconds from B's start to its first token */
 	double b_total;
 	double chain_total;
@@ -171,6 +172,7 @@ static int run_shared(struct engine *eng, struct kv_store *store,
 	gen_params_for(&gp, o->n_o_a);
 	if ((rc = segment_generate(seg, 0, &gp, NULL, NULL, NULL, NULL, &st)) < 0)
 		goto out;
+	f->a_total = now_seconds() - t0;
 	f->kv_after_a = kv_bytes_held(store);
 	note_peak(f, store);
 
@@ -281,6 +283,7 @@ static int run_recompute(struct engine *eng, struct kv_store *store,
 			       &n_o_a);
 	if (rc < 0)
 		return rc;
+	f->a_total = now_seconds() - t0;
 	m = engine_model(eng);
 	i_all_text = ids_to_text(m, i_all, o->n_i_all, &lens[0]);
 	o_a_text = ids_to_text(m, o_a, n_o_a, &lens[1]);
@@ -316,6 +319,8 @@ static void keep_best(struct figures *best, const struct figures *f, int rep)
 		*best = *f;
 		return;
 	}
+	if (f->a_total < best->a_total)
+		best->a_total = f->a_total;
 	if (f->b_first_token < best->b_first_token)
 		best->b_first_token = f->b_first_token;
 	if (f->b_total < best->b_total)
@@ -480,6 +485,9 @@ int main(int argc, char **argv)
 	       o.n_prompt, o.n_prompt, o.n_i_all, o.n_i_a, o.n_o_a, o.n_o_b);
 	printf("| figure | shared KV | recompute | recompute / shared |\n");
 	printf("|---|---|---|---|\n");
+	printf("| stage-A time (with the chain's prompt slots) | %.1f ms | %.1f ms | %.2fx |\n",
+	       shared.a_total * 1e3, recompute.a_total * 1e3,
+	       recompute.a_total / shared.a_total);
 	printf("| stage-B time to first token | %.2f ms | %.2f ms | %.1fx |\n",
 	       shared.b_first_token * 1e3, recompute.b_first_token * 1e3,
 	       recompute.b_first_token / shared.b_first_token);

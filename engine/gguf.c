@@ -213,9 +213,8 @@ static int read_string_array(struct reader *rd, struct gguf_kv *kv)
 	/* Each string needs at least its 8-byte length. */
 	if (kv->arr_n > left(rd) / 8)
 		return fail(rd, -EINVAL,
-			    "array count %" PRIu64
-			    " of strings is more than the %zu bytes left can hold",
-			    kv->arr_n, left(rd));
+			    "array count %" PRIu64 " of strings at offset %zu extends past end of file (%zu bytes)",
+			    kv->arr_n, rd->pos, rd->size);
 	kv->arr_str = calloc(kv->arr_n ? kv->arr_n : 1, sizeof(*kv->arr_str));
 	if (!kv->arr_str)
 		return fail(rd, -ENOMEM, "out of memory for %" PRIu64 " strings",
