@@ -128,7 +128,7 @@ int32_t sampler_sample(struct sampler *s, const float *logits)
 	const struct sampler_params *p = &s->params;
 	struct candidate *c = s->cand;
 	uint32_t n = s->n_vocab, i, keep;
-	double sum, cum, r;
+	double sum, cum, r, max;
 
 	if (!(p->temperature > 0.0f))
 		return argmax(logits, n);
@@ -145,10 +145,11 @@ int32_t sampler_sample(struct sampler *s, const float *logits)
 	if (p->top_k > 0 && p->top_k < keep)
 		keep = p->top_k;
 
-	/* softmax over what is left */
+	/* softmax over what is left; c[0] holds the largest value */
+	max = c[0].value;
 	sum = 0.0;
 	for (i = 0; i < keep; i++) {
-		c[i].value = (float)exp((double)c[i].value - c[0].value);
+		c[i].value = (float)exp((double)c[i].value - max);
 		sum += c[i].value;
 	}
 	for (i = 0; i < keep; i++)

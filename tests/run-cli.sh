@@ -16,8 +16,9 @@ fail() {
 	failures=$((failures + 1))
 }
 
+# head size 16, so a Q8_0 cache (blocks of 32) must be rejected
 "$mkmodel" -o "$dir/m.gguf" --arch qwen2 --type Q4_0 --tok bpe --pre qwen2 \
-	--dim 128 --layers 2 --heads 4 --kv-heads 2 --ff 256 --seed 5 ||
+	--dim 128 --layers 2 --heads 8 --kv-heads 2 --ff 256 --seed 5 ||
 	{ echo "FAIL: mkmodel"; exit 1; }
 
 # Greedy generation is deterministic, prints text and two speed lines.

@@ -325,11 +325,11 @@ static void test_bad_calls(void)
 	CU_ASSERT_EQUAL(model_forward(ctx, &cache, ids, NULL, 2, 7, logits, false), -ENOSPC);
 	CU_ASSERT_EQUAL(model_forward(ctx, &cache, ids, NULL, 0, 0, logits, false), -EINVAL);
 	CU_ASSERT_EQUAL(model_forward(ctx, &cache, ids, NULL, 2, 6, logits, false), 0);
+	kv_cache_free(&cache);
 	CU_ASSERT_EQUAL(kv_cache_init(&cache, m, 0, KERN_TYPE_F32), -EINVAL);
 
 	free(logits);
 	forward_ctx_free(ctx);
-	kv_cache_free(&cache);
 	model_free(m);
 }
 

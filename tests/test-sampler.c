@@ -242,12 +242,14 @@ static void test_stop_conditions(void)
 	at = full.len / 2;
 	memcpy(stop, full.text + at, 3);
 	stop[3] = '\0';
+	/* a NUL byte would end the stop string early */
+	CU_ASSERT_FATAL(memchr(stop, '\0', 3) == NULL);
 	p.stop_strings = stops;
 	p.n_stop_strings = 1;
 	CU_ASSERT_EQUAL_FATAL(run(&p, &cut, &st), 0);
 	CU_ASSERT_EQUAL(st.stop, GEN_STOP_STRING);
 	/* The output is the text before the first occurrence of the stop. */
-	at = (size_t)(strstr(full.text, stop) - full.text);
+	at = (size_t)((const char *)memmem(full.text, full.len, stop, 3) - full.text);
 	CU_ASSERT_EQUAL(cut.len, at);
 	CU_ASSERT_EQUAL(memcmp(cut.text, full.text, at), 0);
 
