@@ -22,6 +22,7 @@ struct ref_layer {
 	double *wq, *wk, *wv, *wo;	/* (out, in) row-major */
 	double *bq, *bk, *bv;		/* NULL without biases */
 	double *w_gate, *w_up, *w_down;
+	int act_block;			/* see ref_model.act_block */
 };
 
 struct ref_model {
@@ -32,8 +33,32 @@ struct ref_model {
 	double *embd;			/* (n_vocab, dim) */
 	double *out;			/* (n_vocab, dim) */
 	double *out_norm;
+	int out_act_block;
 	struct ref_layer *layers;
+	bool round_activations;		/* set by ref_forward */
 };
+
+/*
+ * The block size of the 8-bit rounding a quantised weight type applies to
+ * the vector it multiplies (32 for Q8_0 and Q4_0, 256 for the K types), or
+ * 0 for float types.
+ */
+static int act_block_of(const struct gguf_file *f, const char *name)
+{
+	const struct gguf_tensor *t = gguf_find_tensor(f, name);
+
+	if (!t)
+		return 0;
+	switch (t->type) {
+	case 8:		/* Q8_0 */
+	case 2:		/* Q4_0 */
+		return 32;
+	case 12:	/* Q4_K */
+	case 14:	/* Q6_K */
+		return 256;
+	}
+	return 0;
+}
 
 /* Dequantises tensor @name to a new array, or returns NULL. */
 static double *load(const struct gguf_file *f, const char *name)
@@ -108,8 +133,11 @@ int ref_model_load(const char *path, struct ref_model **out)
 
 	m->embd = load(f, "token_embd.weight");
 	m->out = load(f, "output.weight");
-	if (!m->out)
+	m->out_act_block = act_block_of(f, "output.weight");
+	if (!m->out) {
 		m->out = load(f, "token_embd.weight");
+		m->out_act_block = act_block_of(f, "token_embd.weight");
+	}
 	m->out_norm = load(f, "output_norm.weight");
 	m->rope_factors = load(f, "rope_freqs.weight");
 	m->layers = calloc((size_t)m->n_layers, sizeof(*m->layers));
@@ -134,6 +162,8 @@ int ref_model_load(const char *path, struct ref_model **out)
 		LOAD(w_up, "ffn_up.weight");
 		LOAD(w_down, "ffn_down.weight");
 #undef LOAD
+		snprintf(name, sizeof(name), "blk.%d.attn_q.weight", i);
+		l->act_block = act_block_of(f, name);
 		if (!l->attn_norm || !l->ffn_norm || !l->wq || !l->wk ||
 		    !l->wv || !l->wo || !l->w_gate || !l->w_up || !l->w_down)
 			goto fail;
@@ -183,12 +213,42 @@ int ref_n_vocab(const struct ref_model *m)
 	return m->n_vocab;
 }
 
-/* y (n_out) = W (n_out, n_in) x (n_in) + b */
-static void matvec(double *y, const double *w, const double *b,
-		   const double *x, int n_in, int n_out)
+/*
+ * Rounds @x to 8 bits per block of @block values, as the engine rounds the
+ * vector a quantised weight multiplies: scale max|x| / 127, nearest integer.
+ */
+static void round_8bit(double *y, const double *x, int n, int block)
 {
+	int i, j;
+
+	for (i = 0; i < n; i += block) {
+		double amax = 0.0, d;
+
+		for (j = 0; j < block; j++)
+			if (fabs(x[i + j]) > amax)
+				amax = fabs(x[i + j]);
+		d = (float)amax / 127.0f;
+		for (j = 0; j < block; j++)
+			y[i + j] = d > 0.0 ? nearbyint(x[i + j] / d) * d : 0.0;
+	}
+}
+
+/*
+ * y (n_out) = W (n_out, n_in) x (n_in) + b, with x first rounded to 8 bits
+ * when @act_block is not 0 and the model rounds activations.
+ */
+static void matvec(const struct ref_model *m, double *y, const double *w,
+		     const double *b, const double *x, int n_in, int n_out,
+		     int act_block)
+{
+	double *xr = NULL;
 	int r, c;
 
+	if (m->round_activations && act_block > 0) {
+		xr = malloc((size_t)n_in * sizeof(double));
+		round_8bit(xr, x, n_in, act_block);
+		x = xr;
+	}
 	for (r = 0; r < n_out; r++) {
 		double s = b ? b[r] : 0.0;
 
@@ -196,6 +256,7 @@ static void matvec(double *y, const double *w, const double *b,
 			s += w[(size_t)r * n_in + c] * x[c];
 		y[r] = s;
 	}
+	free(xr);
 }
 
 static void rmsnorm(double *y, const double *x, const double *w, int n,
@@ -234,8 +295,8 @@ static void rope(const struct ref_model *m, double *x, int pos)
 	}
 }
 
-int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
-		double *logits)
+int ref_forward(struct ref_model *m, const int32_t *tokens, int n_tok,
+		bool round_activations, double *logits)
 {
 	int d = m->dim, hd = m->head_dim, nh = m->n_heads;
 	int kvd = m->n_kv_heads * hd, group = nh / m->n_kv_heads;
@@ -250,6 +311,8 @@ int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
 	double *u = malloc((size_t)m->ff * sizeof(double));
 	double *w = malloc((size_t)n_tok * sizeof(double));
 	int rc = -1, li, t, h, j, i;
+
+	m->round_activations = round_activations;
 
 	if (!x || !kc || !vc || !xb || !q || !att || !o || !g || !u || !w)
 		goto out;
@@ -266,8 +329,8 @@ int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
 		/* keys and values of every position first */
 		for (t = 0; t < n_tok; t++) {
 			rmsnorm(xb, x + (size_t)t * d, l->attn_norm, d, m->eps);
-			matvec(kc + (size_t)t * kvd, l->wk, l->bk, xb, d, kvd);
-			matvec(vc + (size_t)t * kvd, l->wv, l->bv, xb, d, kvd);
+			matvec(m, kc + (size_t)t * kvd, l->wk, l->bk, xb, d, kvd, l->act_block);
+			matvec(m, vc + (size_t)t * kvd, l->wv, l->bv, xb, d, kvd, l->act_block);
 			for (h = 0; h < m->n_kv_heads; h++)
 				rope(m, kc + (size_t)t * kvd + h * hd, t);
 		}
@@ -276,7 +339,7 @@ int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
 			double *xt = x + (size_t)t * d;
 
 			rmsnorm(xb, xt, l->attn_norm, d, m->eps);
-			matvec(q, l->wq, l->bq, xb, d, nh * hd);
+			matvec(m, q, l->wq, l->bq, xb, d, nh * hd, l->act_block);
 			for (h = 0; h < nh; h++) {
 				int kvh = h / group;
 				double mx = -INFINITY, sum = 0.0;
@@ -305,17 +368,17 @@ int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
 					att[h * hd + i] = s;
 				}
 			}
-			matvec(o, l->wo, NULL, att, nh * hd, d);
+			matvec(m, o, l->wo, NULL, att, nh * hd, d, l->act_block);
 			for (i = 0; i < d; i++)
 				xt[i] += o[i];
 
 			/* SwiGLU feed-forward */
 			rmsnorm(xb, xt, l->ffn_norm, d, m->eps);
-			matvec(g, l->w_gate, NULL, xb, d, m->ff);
-			matvec(u, l->w_up, NULL, xb, d, m->ff);
+			matvec(m, g, l->w_gate, NULL, xb, d, m->ff, l->act_block);
+			matvec(m, u, l->w_up, NULL, xb, d, m->ff, l->act_block);
 			for (i = 0; i < m->ff; i++)
 				g[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
-			matvec(o, l->w_down, NULL, g, m->ff, d);
+			matvec(m, o, l->w_down, NULL, g, m->ff, d, l->act_block);
 			for (i = 0; i < d; i++)
 				xt[i] += o[i];
 		}
@@ -323,8 +386,8 @@ int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
 
 	for (t = 0; t < n_tok; t++) {
 		rmsnorm(xb, x + (size_t)t * d, m->out_norm, d, m->eps);
-		matvec(logits + (size_t)t * m->n_vocab, m->out, NULL, xb, d,
-		       m->n_vocab);
+		matvec(m, logits + (size_t)t * m->n_vocab, m->out, NULL, xb, d,
+			 m->n_vocab, m->out_act_block);
 	}
 	rc = 0;
 out:

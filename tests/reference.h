@@ -7,6 +7,7 @@
 #ifndef KVCHAIN_REFERENCE_H
 #define KVCHAIN_REFERENCE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct ref_model;
@@ -19,9 +20,13 @@ int ref_n_vocab(const struct ref_model *m);
 
 /*
  * Runs @tokens (n_tok) from position 0 with a full causal mask and writes
- * n_tok rows of n_vocab logits into @logits. Returns 0 or -1.
+ * n_tok rows of n_vocab logits into @logits. With @round_activations, the
+ * vector each quantised weight matrix multiplies is first rounded to 8 bits
+ * per block, as the engine's kernels do (blocks of 32 for Q8_0 and Q4_0,
+ * 256 for Q4_K and Q6_K, scale max|x| / 127); without it the math is exact
+ * up to double rounding. Returns 0 or -1.
  */
-int ref_forward(const struct ref_model *m, const int32_t *tokens, int n_tok,
-		double *logits);
+int ref_forward(struct ref_model *m, const int32_t *tokens, int n_tok,
+		bool round_activations, double *logits);
 
 #endif /* KVCHAIN_REFERENCE_H */

@@ -26,47 +26,48 @@
 #define N_TOTAL (N_PROMPT + N_DECODE)
 
 /*
- * Maximum absolute logit error against the reference, per weight type. The
- * logits of these models have a spread of about 1 to 3. F32, F16 and BF16
- * weights are used at full precision with float accumulation, so only
- * rounding of float sums remains. Quantised types also quantise the
- * activations to 8 bits per block of 32 (the engine does, the reference
- * does not), an error of up to 1/254 of each block's largest value that
- * grows through the layers; the bounds are about 3x the largest error
- * seen over the seeds below.
+ * Maximum absolute logit error against the reference. The logits of these
+ * models have an RMS of about 1 and a range of about -3 to 3.
+ *
+ * F32, F16 and BF16 weights are used exactly, with float accumulation, so
+ * only float rounding remains: TOL_FLOAT.
+ *
+ * Quantised weight types also round the vector they multiply to 8 bits per
+ * block (32 values for Q8_0 and Q4_0, 256 for Q4_K and Q6_K), as the
+ * engine's kernels do. Against a reference that rounds the same way, only
+ * float rounding remains (about 2e-6 seen): TOL_ROUNDED. Against the exact
+ * reference the rounding itself shows, up to 0.12 seen: TOL_ACT_32 and
+ * TOL_ACT_256 bound that accuracy loss at about 2.5 times what was seen.
  */
-#define TOL_F32 2e-4
-#define TOL_F16 2e-4
-#define TOL_BF16 2e-4
-#define TOL_Q8_0 3e-2
-#define TOL_Q4_0 3e-2
-#define TOL_Q4_K 3e-2
-#define TOL_Q6_K 3e-2
+#define TOL_FLOAT 2e-4
+#define TOL_ROUNDED 1e-4
+#define TOL_ACT_32 0.25
+#define TOL_ACT_256 0.3
 
 /* Extra error of the KV cache type, on top of the weight type's. F16
  * keys and values carry 11 significant bits; Q8_0 about 8. */
 #define TOL_KV_F16 5e-3
-#define TOL_KV_Q8_0 5e-2
+#define TOL_KV_Q8_0 8e-2
 
+static bool is_quantised(enum kern_type t)
+{
+	return t == KERN_TYPE_Q8_0 || t == KERN_TYPE_Q4_0 ||
+	       t == KERN_TYPE_Q4_K || t == KERN_TYPE_Q6_K;
+}
+
+/* Returns the bound against the exact reference for weights of type @t. */
 static double weight_tolerance(enum kern_type t)
 {
 	switch (t) {
-	case KERN_TYPE_F32:
-		return TOL_F32;
-	case KERN_TYPE_F16:
-		return TOL_F16;
-	case KERN_TYPE_BF16:
-		return TOL_BF16;
 	case KERN_TYPE_Q8_0:
-		return TOL_Q8_0;
 	case KERN_TYPE_Q4_0:
-		return TOL_Q4_0;
+		return TOL_ACT_32;
 	case KERN_TYPE_Q4_K:
-		return TOL_Q4_K;
 	case KERN_TYPE_Q6_K:
-		return TOL_Q6_K;
+		return TOL_ACT_256;
+	default:
+		return TOL_FLOAT;
 	}
-	return 0.0;
 }
 
 static char tmpdir[] = "/tmp/kvchain-test-forward-XXXXXX";
@@ -161,9 +162,12 @@ out_model:
 	return rc;
 }
 
-/* Returns the largest |engine - reference| over all rows. */
+/*
+ * Returns the largest |engine - reference| over all rows, against the
+ * reference that rounds activations when @rounded.
+ */
 static double max_error(const char *path, enum kern_type kv_type,
-			uint32_t max_batch)
+			uint32_t max_batch, bool rounded)
 {
 	struct ref_model *ref;
 	int32_t ids[N_TOTAL];
@@ -176,7 +180,7 @@ static double max_error(const char *path, enum kern_type kv_type,
 	n_vocab = ref_n_vocab(ref);
 	make_tokens(ids, N_TOTAL, n_vocab);
 	want = malloc((size_t)N_TOTAL * n_vocab * sizeof(double));
-	if (!want || ref_forward(ref, ids, N_TOTAL, want) < 0)
+	if (!want || ref_forward(ref, ids, N_TOTAL, rounded, want) < 0)
 		goto out;
 	if (engine_logits(path, kv_type, max_batch, 2, ids, &got, &n_vocab) < 0)
 		goto out;
@@ -217,11 +221,17 @@ static void test_every_type_and_arch(void)
 			snprintf(name, sizeof(name), "%s-%s", archs[a],
 				 kern_type_name(all_types[t]));
 			CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), name), 0);
-			err = max_error(path, KERN_TYPE_F32, 64);
+			err = max_error(path, KERN_TYPE_F32, 64, false);
 			printf("\n    %-12s %-4s max |error| %.3g (bound %.3g)",
 			       name, kind == TOK_KIND_BPE ? "bpe" : "spm", err,
 			       tol);
 			CU_ASSERT(err <= tol);
+			if (!is_quantised(all_types[t]))
+				continue;
+			err = max_error(path, KERN_TYPE_F32, 64, true);
+			printf(", rounded activations %.3g (bound %.3g)", err,
+			       TOL_ROUNDED);
+			CU_ASSERT(err <= TOL_ROUNDED);
 		}
 	}
 }
@@ -236,22 +246,22 @@ static void test_variants(void)
 	base_opts(&o, "llama", KERN_TYPE_F32, TOK_KIND_SPM);
 	o.tied_output = true;
 	CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), "tied"), 0);
-	err = max_error(path, KERN_TYPE_F32, 64);
-	CU_ASSERT(err <= TOL_F32);
+	err = max_error(path, KERN_TYPE_F32, 64, false);
+	CU_ASSERT(err <= TOL_FLOAT);
 
 	base_opts(&o, "llama", KERN_TYPE_F32, TOK_KIND_BPE);
 	o.llama3_rope = true;
 	o.rope_theta = 500000.0f;
 	CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), "llama3"), 0);
-	err = max_error(path, KERN_TYPE_F32, 64);
-	CU_ASSERT(err <= TOL_F32);
+	err = max_error(path, KERN_TYPE_F32, 64, false);
+	CU_ASSERT(err <= TOL_FLOAT);
 
 	base_opts(&o, "qwen2", KERN_TYPE_F16, TOK_KIND_BPE);
 	o.gguf_version = 2;
 	o.n_kv_heads = 4;
 	CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), "v2-mha"), 0);
-	err = max_error(path, KERN_TYPE_F32, 64);
-	CU_ASSERT(err <= TOL_F16);
+	err = max_error(path, KERN_TYPE_F32, 64, false);
+	CU_ASSERT(err <= TOL_FLOAT);
 }
 
 /* F16 and Q8_0 caches stay within their extra bound. */
@@ -263,12 +273,12 @@ static void test_kv_types(void)
 
 	base_opts(&o, "llama", KERN_TYPE_F32, TOK_KIND_SPM);
 	CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), "kv"), 0);
-	err = max_error(path, KERN_TYPE_F16, 64);
+	err = max_error(path, KERN_TYPE_F16, 64, false);
 	printf("\n    F16 cache max |error| %.3g", err);
-	CU_ASSERT(err <= TOL_F32 + TOL_KV_F16);
-	err = max_error(path, KERN_TYPE_Q8_0, 64);
+	CU_ASSERT(err <= TOL_FLOAT + TOL_KV_F16);
+	err = max_error(path, KERN_TYPE_Q8_0, 64, false);
 	printf("\n    Q8_0 cache max |error| %.3g", err);
-	CU_ASSERT(err <= TOL_F32 + TOL_KV_Q8_0);
+	CU_ASSERT(err <= TOL_FLOAT + TOL_KV_Q8_0);
 }
 
 /* Chunked prefill, and one thread against two, give the same logits. */
