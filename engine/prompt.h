@@ -64,6 +64,18 @@ int stage_prompt_load_peft(const struct model *model, const char *dir,
 			   uint32_t *n_out, char *err, size_t errlen);
 
 /*
+ * Parses @size bytes of an adapter_model.safetensors file, already in
+ * memory, against the num_virtual_tokens of its adapter_config.json.
+ * stage_prompt_load_peft and the fuzz target share it. @name is the file
+ * name for messages. Returns and stores like stage_prompt_load_peft.
+ */
+int stage_prompt_parse_safetensors(const void *data, size_t size,
+				   const char *name, uint32_t d_model,
+				   uint32_t num_virtual_tokens,
+				   struct stage_prompt *out[PROMPT_MAX_STAGES],
+				   uint32_t *n_out, char *err, size_t errlen);
+
+/*
  * Writes @n_prompts soft prompts of equal length into folder @dir (created
  * if missing) as one PEFT adapter: their rows concatenated in F32, with
  * num_virtual_tokens the length of one. Files are written to temporary
