@@ -3,7 +3,7 @@
 # missing. Needs root (or sudo) only when something must be installed.
 set -eu
 
-packages="build-essential autoconf automake pkg-config liburing-dev libnuma-dev
+packages="build-essential autoconf automake libtool pkg-config liburing-dev libnuma-dev
 libprotobuf-c-dev protobuf-c-compiler libcunit1-dev libpcre2-dev
 libutf8proc-dev libjansson-dev"
 
