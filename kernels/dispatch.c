@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * dispatch.c - picks the instruction set at run time (CPUID plus the OS
- * check that the vector registers are saved on context switch) and holds
+ * check that the vector registers are saved on context switch) and contains
  * the public entry points, which call through the selected kernel table.
  * The matrix product driver is here too: it quantises x once per call into
  * scratch and splits the output rows across the pool.
@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,16 +75,20 @@ static struct x86_features detect_x86(void)
 }
 #endif /* KVC_X86_64 */
 
+#ifdef KVC_X86_64
+static struct x86_features features;
+static pthread_once_t features_once = PTHREAD_ONCE_INIT;
+
+static void detect_features(void)
+{
+	features = detect_x86();
+}
+#endif
+
 bool kern_isa_supported(enum kern_isa isa)
 {
 #ifdef KVC_X86_64
-	static struct x86_features features;
-	static _Atomic int detected;
-
-	if (!atomic_load_explicit(&detected, memory_order_acquire)) {
-		features = detect_x86();
-		atomic_store_explicit(&detected, 1, memory_order_release);
-	}
+	pthread_once(&features_once, detect_features);
 #endif
 	switch (isa) {
 	case KERN_ISA_SCALAR:
@@ -196,6 +201,7 @@ struct matmul_task {
 	size_t w_row_bytes;
 	enum kern_type type;
 	kern_dot_fn dot;	/* NULL: dequantise W, use float x */
+	kern_dot4_fn dot4;	/* NULL: call dot per token */
 	const float *xf;	/* (n_tok, n_in) */
 	char *xq;		/* (n_tok, xq_row_bytes) x in dot's format */
 	size_t xq_row_bytes;
@@ -233,6 +239,34 @@ static void matmul_quantize_task(void *arg, int ith, int nth)
 			    t->xq + (size_t)i * t->xq_row_bytes, t->n_in);
 }
 
+/* Computes outputs [r0, r1) of token @i. */
+static void matmul_rows(const struct matmul_task *t, int r0, int r1, int i)
+{
+	float *y = t->y + (size_t)i * t->n_out;
+
+	for (int r = r0; r < r1; r++) {
+		const char *w = t->w + (size_t)r * t->w_row_bytes;
+
+		if (t->dot)
+			y[r] = t->dot(t->n_in, w,
+				      t->xq + (size_t)i * t->xq_row_bytes);
+		else
+			y[r] = dot_dequantized(t->type, t->n_in, w,
+					       t->xf + (size_t)i * t->n_in);
+	}
+}
+
+/* Computes outputs [r0, r1) of tokens @i to @i + 3. */
+static void matmul_rows4(const struct matmul_task *t, int r0, int r1, int i)
+{
+	float *y = t->y + (size_t)i * t->n_out;
+	const char *x = t->xq + (size_t)i * t->xq_row_bytes;
+
+	for (int r = r0; r < r1; r++)
+		t->dot4(t->n_in, t->w + (size_t)r * t->w_row_bytes, x,
+			t->xq_row_bytes, y + r, (size_t)t->n_out);
+}
+
 static void matmul_task(void *arg, int ith, int nth)
 {
 	struct matmul_task *t = arg;
@@ -245,21 +279,12 @@ static void matmul_task(void *arg, int ith, int nth)
 	for (int rt = r0; rt < r1; rt += tile) {
 		int re = rt + tile < r1 ? rt + tile : r1;
 
-		for (int i = 0; i < t->n_tok; i++) {
-			float *y = t->y + (size_t)i * t->n_out;
-			const char *x = t->xq ? t->xq + (size_t)i *
-						t->xq_row_bytes : NULL;
+		int i = 0;
 
-			for (int r = rt; r < re; r++) {
-				const char *w = t->w + (size_t)r * t->w_row_bytes;
-
-				if (t->dot)
-					y[r] = t->dot(t->n_in, w, x);
-				else
-					y[r] = dot_dequantized(t->type, t->n_in, w,
-							       t->xf + (size_t)i * t->n_in);
-			}
-		}
+		for (; t->dot4 && i + 4 <= t->n_tok; i += 4)
+			matmul_rows4(t, rt, re, i);
+		for (; i < t->n_tok; i++)
+			matmul_rows(t, rt, re, i);
 	}
 }
 
@@ -280,6 +305,7 @@ void kern_matmul(struct kern_pool *pool, float *y, const void *w,
 	if (!t.w_row_bytes)
 		return;
 	t.dot = ops->dot[slot];
+	t.dot4 = ops->dot4[slot];
 
 	switch (type) {
 	case KERN_TYPE_Q8_0:
@@ -303,8 +329,10 @@ void kern_matmul(struct kern_pool *pool, float *y, const void *w,
 
 	if (t.quantize) {
 		t.xq = kern_scratch(pool, t.xq_row_bytes * (size_t)n_tok);
-		if (!t.xq)
+		if (!t.xq) {
 			t.dot = NULL;
+			t.dot4 = NULL;
+		}
 		else if (n_tok == 1)
 			t.quantize(x, t.xq, n_in);
 		else

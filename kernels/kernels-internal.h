@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * kernels-internal.h - what the kernel files share and the engine never
- * sees: the table of kernel functions each instruction set fills, the
+ * uses: the table of kernel functions each instruction set fills, the
  * 8-bit formats x is quantised to before a matrix product, and the scalar
  * functions the SIMD tables fall back to.
  */
@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -59,12 +60,21 @@ struct kern_block_qk {
  */
 typedef float (*kern_dot_fn)(int n, const void *w, const void *x);
 
+/*
+ * Dot products of one weight row with 4 x rows, @x_stride bytes apart,
+ * stored to y[0], y[y_stride], y[2 * y_stride] and y[3 * y_stride]. Each
+ * weight block is loaded and unpacked once for all 4 tokens of a prefill.
+ */
+typedef void (*kern_dot4_fn)(int n, const void *w, const void *x,
+			     size_t x_stride, float *y, size_t y_stride);
+
 /* Quantises @n floats of x (a multiple of the block size) to its format. */
 typedef void (*kern_quantize_x_fn)(const float *x, void *dst, int n);
 
-/* One instruction set's kernels. Every slot is filled. */
+/* One instruction set's kernels. Every slot is filled unless marked. */
 struct kern_ops {
 	kern_dot_fn dot[KERN_SLOT_COUNT];
+	kern_dot4_fn dot4[KERN_SLOT_COUNT];	/* NULL: 4 calls of dot */
 	kern_quantize_x_fn quantize_qx;
 	kern_quantize_x_fn quantize_qk;
 
@@ -132,10 +142,10 @@ void kern_scalar_f32_to_f16_row(const float *src, uint16_t *dst, int64_t n);
 
 /*
  * Unpacks the 6-bit scale and minimum of sub-block @j (0..7) of a Q4_K
- * block from its 12 packed bytes: bytes 0-3 hold scales 0-3 and bytes 4-7
- * mins 0-3 in their low 6 bits; scales and mins 4-7 keep their low 4 bits
- * in bytes 8-11 (scale low nibble, min high nibble) and their high 2 bits
- * in the top bits of bytes 0-3 (scales) and 4-7 (mins).
+ * block from its 12 packed bytes. Bytes 0-3 contain scales 0-3 and bytes
+ * 4-7 mins 0-3 in their low 6 bits. Scales and mins 4-7 keep their low 4
+ * bits in bytes 8-11 (scale in the low nibble, min in the high one) and
+ * their high 2 bits in the top bits of bytes 0-3 (scales) and 4-7 (mins).
  */
 static inline void kern_q4_k_scale_min(const uint8_t *s, int j, uint8_t *sc,
 				       uint8_t *m)
@@ -147,6 +157,30 @@ static inline void kern_q4_k_scale_min(const uint8_t *s, int j, uint8_t *sc,
 		*sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
 		*m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
 	}
+}
+
+/*
+ * Unpacks all 8 scales of a Q4_K block into @sc and all 8 mins into @m at
+ * once with 32-bit operations, from the layout kern_q4_k_scale_min reads.
+ * The masks assume byte k of each word is packed byte k, so only
+ * little-endian CPUs (the x86 SIMD files) may call it.
+ */
+static inline void kern_q4_k_unpack_scales(const uint8_t *s, uint8_t *sc,
+					   uint8_t *m)
+{
+	uint32_t a, b, c, v;
+
+	memcpy(&a, s, 4);
+	memcpy(&b, s + 4, 4);
+	memcpy(&c, s + 8, 4);
+	v = a & 0x3F3F3F3F;
+	memcpy(sc, &v, 4);
+	v = (c & 0x0F0F0F0F) | ((a >> 2) & 0x30303030);
+	memcpy(sc + 4, &v, 4);
+	v = b & 0x3F3F3F3F;
+	memcpy(m, &v, 4);
+	v = ((c >> 4) & 0x0F0F0F0F) | ((b >> 2) & 0x30303030);
+	memcpy(m + 4, &v, 4);
 }
 
 #endif /* KVCHAIN_KERNELS_INTERNAL_H */

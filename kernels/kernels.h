@@ -132,9 +132,12 @@ void kern_pool_destroy(struct kern_pool *pool);
 int kern_pool_threads(const struct kern_pool *pool);
 
 /*
- * Runs @fn(arg, ith, nth) once on each of the pool's threads, the calling
- * thread being ith 0, and returns when all are done. A NULL pool runs
- * fn(arg, 0, 1) inline. Only one thread may run tasks on a pool at a time.
+ * Runs @fn(arg, ith, nth) once for each ith in [0, nth), nth being the
+ * pool's thread count, and returns when all are done. The calling thread
+ * runs ith 0 and each worker normally one other share. The caller also
+ * runs any share no worker has started by the time it is free. A NULL
+ * pool runs fn(arg, 0, 1) inline. Only one thread may run tasks on a pool
+ * at a time.
  */
 void kern_pool_run(struct kern_pool *pool, kern_task_fn fn, void *arg);
 

@@ -138,7 +138,7 @@ uint16_t kern_f32_to_f16(float f)
 	if (abs >= 0x477FF000)	/* rounds to 65520 or more, or inf */
 		return sign | 0x7C00;
 	if (abs >= 0x38800000) {
-		/* Normal half: drop 13 bits with round to nearest even; a
+		/* Normal half: drop 13 bits with round to nearest even. A
 		 * carry out of the mantissa correctly bumps the exponent. */
 		uint32_t r = abs - 0x38000000;	/* rebias 127 -> 15 */
 
@@ -230,9 +230,9 @@ static void dequantize_q4_k(const struct kern_block_q4_k *b, float *dst,
 
 /*
  * Returns the 6-bit value (0..63) of element @e (0..255) of a Q6_K block.
- * Each half of 128 elements uses 64 bytes of ql and 32 of qh: element l of
- * the half's four runs of 32 takes the low or high nibble of ql[l] or
- * ql[l + 32] and bit pair 0, 1, 2 or 3 of qh[l].
+ * Each half of 128 elements uses 64 bytes of ql and 32 of qh. Element l of
+ * run r (0..3) of 32 in a half takes the low (r < 2) or high nibble of
+ * ql[l + 32 * (r % 2)] and bit pair r of qh[l].
  */
 static int q6_k_value(const struct kern_block_q6_k *b, int e)
 {
@@ -293,7 +293,11 @@ void kern_dequantize_row(enum kern_type type, const void *src, float *dst,
 
 static int clamp_int(int v, int lo, int hi)
 {
-	return v < lo ? lo : v > hi ? hi : v;
+	if (v < lo)
+		return lo;
+	if (v > hi)
+		return hi;
+	return v;
 }
 
 static void quantize_q8_0(const float *src, struct kern_block_q8_0 *b,
@@ -366,7 +370,7 @@ static void quantize_q4_k(const float *src, struct kern_block_q4_k *b,
 		float d, dmin;
 		uint8_t sc[8], m[8];
 
-		/* Each sub-block spans [-min, -min + 15 * scale]; the minimum
+		/* Each sub-block spans [-min, -min + 15 * scale]. The minimum
 		 * is stored as a positive offset, so a sub-block whose
 		 * values are all positive keeps 0 as its lower end. */
 		for (int j = 0; j < 8; j++) {

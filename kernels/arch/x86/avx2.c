@@ -277,30 +277,47 @@ static float avx2_dot_q8_0(int n, const void *w, const void *x)
 	return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* Returns the 8 int32 sums of 4 products of one Q4_0 block with its x
+ * block, the offset of 8 folded into lane 0. */
+static inline __m256i dot_q4_0_block(const struct kern_block_q4_0 *a,
+				     const struct kern_block_qx *b)
+{
+	const __m256i low4 = _mm256_set1_epi8(0xF);
+	__m128i q = _mm_loadu_si128((const __m128i *)a->qs);
+	/* Elements 0-15 are the low nibbles, 16-31 the high ones. */
+	__m256i nib = _mm256_and_si256(
+		_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
+	__m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib,
+		_mm256_loadu_si256((const __m256i *)b->qs)),
+		_mm256_set1_epi16(1));
+
+	return _mm256_add_epi32(p, _mm256_setr_epi32(-8 * b->sum, 0, 0, 0,
+						     0, 0, 0, 0));
+}
+
 static float avx2_dot_q4_0(int n, const void *w, const void *x)
 {
 	const struct kern_block_q4_0 *a = w;
 	const struct kern_block_qx *b = x;
-	const __m256i low4 = _mm256_set1_epi8(0xF);
-	const __m256i ones = _mm256_set1_epi16(1);
-	__m256 acc = _mm256_setzero_ps();
-	float offset = 0;
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	int nb = n / KERN_QK4_0, i = 0;
 
-	for (int i = 0; i < n / KERN_QK4_0; i++) {
-		__m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
-		/* Elements 0-15 are the low nibbles, 16-31 the high ones. */
-		__m256i nib = _mm256_and_si256(
-			_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
-		__m256i p = _mm256_madd_epi16(
-			_mm256_maddubs_epi16(nib, _mm256_loadu_si256(
-				(const __m256i *)b[i].qs)), ones);
-		float d = f16(a[i].d) * b[i].d;
+	for (; i + 2 <= nb; i += 2) {
+		__m256i p0 = dot_q4_0_block(&a[i], &b[i]);
+		__m256i p1 = dot_q4_0_block(&a[i + 1], &b[i + 1]);
 
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p),
-				      acc);
-		offset += d * (float)(8 * b[i].sum);
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d),
+				       _mm256_cvtepi32_ps(p0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i + 1].d) *
+						      b[i + 1].d),
+				       _mm256_cvtepi32_ps(p1), acc1);
 	}
-	return hsum_ps(acc) - offset;
+	for (; i < nb; i++)
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d),
+				       _mm256_cvtepi32_ps(dot_q4_0_block(&a[i],
+									 &b[i])),
+				       acc0);
+	return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 static float avx2_dot_q4_k(int n, const void *w, const void *x)
@@ -308,12 +325,23 @@ static float avx2_dot_q4_k(int n, const void *w, const void *x)
 	const struct kern_block_q4_k *a = w;
 	const struct kern_block_qk *b = x;
 	const __m256i low4 = _mm256_set1_epi8(0xF);
-	__m256 acc = _mm256_setzero_ps();
-	float mins = 0;
+	/* Repeats each of 8 bytes twice: one min per pair of bsums. */
+	const __m128i pairs = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3,
+					    4, 4, 5, 5, 6, 6, 7, 7);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 
 	for (int i = 0; i < n / KERN_QK_K; i++) {
 		__m256i sumi = _mm256_setzero_si256();
-		int summ = 0;
+		uint8_t sc[8], m[8];
+		__m256i mins, pm;
+
+		kern_q4_k_unpack_scales(a[i].scales, sc, m);
+		mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+			_mm_loadl_epi64((const __m128i *)m), pairs));
+		pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)
+							  b[i].bsums), mins);
+		accm = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].dmin) * b[i].d),
+				       _mm256_cvtepi32_ps(pm), accm);
 
 		for (int c = 0; c < 4; c++) {
 			__m256i q = _mm256_loadu_si256((const __m256i *)
@@ -325,25 +353,29 @@ static float avx2_dot_q4_k(int n, const void *w, const void *x)
 			__m256i lo = _mm256_and_si256(q, low4);
 			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4),
 						      low4);
-			uint8_t sc0, m0, sc1, m1;
-			__m256i p0, p1;
+			__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0),
+						       _mm256_set1_epi16(sc[2 * c]));
+			__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1),
+						       _mm256_set1_epi16(sc[2 * c + 1]));
 
-			kern_q4_k_scale_min(a[i].scales, 2 * c, &sc0, &m0);
-			kern_q4_k_scale_min(a[i].scales, 2 * c + 1, &sc1, &m1);
-			p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0),
-					       _mm256_set1_epi16(sc0));
-			p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1),
-					       _mm256_set1_epi16(sc1));
 			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-			summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) +
-				m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
 		}
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d),
 				      _mm256_cvtepi32_ps(sumi), acc);
-		mins += f16(a[i].dmin) * b[i].d * (float)summ;
 	}
-	return hsum_ps(acc) - mins;
+	return hsum_ps(_mm256_sub_ps(acc, accm));
 }
+
+/* Byte masks that broadcast int16 scale 2r of a 128-bit lane of 8 over
+ * the low lane and scale 2r + 1 over the high lane. */
+#define Q6_K_SCALE_MASK(r) _mm256_setr_epi8(				\
+	4 * (r), 4 * (r) + 1, 4 * (r), 4 * (r) + 1, 4 * (r), 4 * (r) + 1,	\
+	4 * (r), 4 * (r) + 1, 4 * (r), 4 * (r) + 1, 4 * (r), 4 * (r) + 1,	\
+	4 * (r), 4 * (r) + 1, 4 * (r), 4 * (r) + 1,			\
+	4 * (r) + 2, 4 * (r) + 3, 4 * (r) + 2, 4 * (r) + 3, 4 * (r) + 2,	\
+	4 * (r) + 3, 4 * (r) + 2, 4 * (r) + 3, 4 * (r) + 2, 4 * (r) + 3,	\
+	4 * (r) + 2, 4 * (r) + 3, 4 * (r) + 2, 4 * (r) + 3, 4 * (r) + 2,	\
+	4 * (r) + 3)
 
 static float avx2_dot_q6_k(int n, const void *w, const void *x)
 {
@@ -351,15 +383,20 @@ static float avx2_dot_q6_k(int n, const void *w, const void *x)
 	const struct kern_block_qk *b = x;
 	const __m256i low4 = _mm256_set1_epi8(0xF);
 	const __m256i bits45 = _mm256_set1_epi8(0x30);
-	float sum = 0;
+	const __m256i smask[4] = {
+		Q6_K_SCALE_MASK(0), Q6_K_SCALE_MASK(1),
+		Q6_K_SCALE_MASK(2), Q6_K_SCALE_MASK(3),
+	};
+	__m256 acc = _mm256_setzero_ps();
 
 	for (int i = 0; i < n / KERN_QK_K; i++) {
-		__m256i sumi = _mm256_setzero_si256();
 		/* The offset of 32: sum over j of scale_j * bsums_j. */
 		__m256i corr = _mm256_madd_epi16(
 			_mm256_loadu_si256((const __m256i *)b[i].bsums),
 			_mm256_cvtepi8_epi16(_mm_loadu_si128(
 				(const __m128i *)a[i].scales)));
+		__m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
+						_mm256_slli_epi32(corr, 5));
 
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *ql = a[i].ql + 64 * h;
@@ -367,6 +404,9 @@ static float avx2_dot_q6_k(int n, const void *w, const void *x)
 			__m256i q1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
 			__m256i qh = _mm256_loadu_si256((const __m256i *)
 							(a[i].qh + 32 * h));
+			__m256i sc = _mm256_broadcastsi128_si256(
+				_mm_cvtepi8_epi16(_mm_loadl_epi64(
+					(const __m128i *)(a[i].scales + 8 * h))));
 			__m256i v[4];
 
 			/* Run r of 32 takes bit pair r of qh as bits 4-5. */
@@ -381,22 +421,242 @@ static float avx2_dot_q6_k(int n, const void *w, const void *x)
 				_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
 				_mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
 			for (int r = 0; r < 4; r++) {
-				const int8_t *sc = a[i].scales + 8 * h + 2 * r;
 				__m256i xs = _mm256_loadu_si256((const __m256i *)
 					(b[i].qs + 128 * h + 32 * r));
-				__m256i scale = _mm256_set_m128i(
-					_mm_set1_epi16(sc[1]),
-					_mm_set1_epi16(sc[0]));
 				__m256i p = _mm256_maddubs_epi16(v[r], xs);
 
-				sumi = _mm256_add_epi32(sumi,
-					_mm256_madd_epi16(p, scale));
+				sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p,
+					_mm256_shuffle_epi8(sc, smask[r])));
 			}
 		}
-		sum += f16(a[i].d) * b[i].d *
-		       (float)(hsum_epi32(sumi) - 32 * hsum_epi32(corr));
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d),
+				      _mm256_cvtepi32_ps(sumi), acc);
 	}
-	return sum;
+	return hsum_ps(acc);
+}
+
+/* ==== Four tokens per weight row ====================================== */
+
+/* The token loops are unrolled so the 4 accumulators stay in registers. */
+
+/* Returns x row @t of a dot4 call. */
+static inline const void *x_row(const void *x, size_t stride, int t)
+{
+	return (const char *)x + stride * (size_t)t;
+}
+
+static void avx2_dot4_q8_0(int n, const void *w, const void *x,
+			   size_t x_stride, float *y, size_t y_stride)
+{
+	const struct kern_block_q8_0 *a = w;
+	const struct kern_block_qx *b[4];
+	__m256 acc[4];
+
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++) {
+		b[t] = x_row(x, x_stride, t);
+		acc[t] = _mm256_setzero_ps();
+	}
+	for (int i = 0; i < n / KERN_QK8_0; i++) {
+		__m256i wv = _mm256_loadu_si256((const __m256i *)a[i].qs);
+		__m256i aw = _mm256_sign_epi8(wv, wv);
+		float dw = f16(a[i].d);
+
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++) {
+			__m256i xs = _mm256_sign_epi8(_mm256_loadu_si256(
+				(const __m256i *)b[t][i].qs), wv);
+			__m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs),
+						      _mm256_set1_epi16(1));
+
+			acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * b[t][i].d),
+						 _mm256_cvtepi32_ps(p), acc[t]);
+		}
+	}
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++)
+		y[t * y_stride] = hsum_ps(acc[t]);
+}
+
+static void avx2_dot4_q4_0(int n, const void *w, const void *x,
+			   size_t x_stride, float *y, size_t y_stride)
+{
+	const struct kern_block_q4_0 *a = w;
+	const struct kern_block_qx *b[4];
+	const __m256i low4 = _mm256_set1_epi8(0xF);
+	__m256 acc[4];
+
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++) {
+		b[t] = x_row(x, x_stride, t);
+		acc[t] = _mm256_setzero_ps();
+	}
+	for (int i = 0; i < n / KERN_QK4_0; i++) {
+		__m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
+		__m256i nib = _mm256_and_si256(
+			_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
+		float dw = f16(a[i].d);
+
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++) {
+			__m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib,
+				_mm256_loadu_si256((const __m256i *)b[t][i].qs)),
+				_mm256_set1_epi16(1));
+
+			p = _mm256_add_epi32(p, _mm256_setr_epi32(
+				-8 * b[t][i].sum, 0, 0, 0, 0, 0, 0, 0));
+			acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * b[t][i].d),
+						 _mm256_cvtepi32_ps(p), acc[t]);
+		}
+	}
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++)
+		y[t * y_stride] = hsum_ps(acc[t]);
+}
+
+static void avx2_dot4_q4_k(int n, const void *w, const void *x,
+			   size_t x_stride, float *y, size_t y_stride)
+{
+	const struct kern_block_q4_k *a = w;
+	const struct kern_block_qk *b[4];
+	const __m256i low4 = _mm256_set1_epi8(0xF);
+	const __m128i pairs = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3,
+					    4, 4, 5, 5, 6, 6, 7, 7);
+	__m256 acc[4];
+
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++) {
+		b[t] = x_row(x, x_stride, t);
+		acc[t] = _mm256_setzero_ps();
+	}
+	for (int i = 0; i < n / KERN_QK_K; i++) {
+		__m256i sumi[4];
+		uint8_t sc[8], m[8];
+		__m256i mins;
+		float d = f16(a[i].d), dmin = f16(a[i].dmin);
+
+		kern_q4_k_unpack_scales(a[i].scales, sc, m);
+		mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+			_mm_loadl_epi64((const __m128i *)m), pairs));
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++)
+			sumi[t] = _mm256_setzero_si256();
+
+		for (int c = 0; c < 4; c++) {
+			__m256i q = _mm256_loadu_si256((const __m256i *)
+						       (a[i].qs + 32 * c));
+			__m256i lo = _mm256_and_si256(q, low4);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4),
+						      low4);
+			__m256i sc0 = _mm256_set1_epi16(sc[2 * c]);
+			__m256i sc1 = _mm256_set1_epi16(sc[2 * c + 1]);
+
+			#pragma GCC unroll 4
+			for (int t = 0; t < 4; t++) {
+				const int8_t *xq = b[t][i].qs + 64 * c;
+				__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(
+					lo, _mm256_loadu_si256((const __m256i *)xq)),
+					sc0);
+				__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(
+					hi, _mm256_loadu_si256((const __m256i *)
+							       (xq + 32))), sc1);
+
+				sumi[t] = _mm256_add_epi32(sumi[t],
+							   _mm256_add_epi32(p0, p1));
+			}
+		}
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++) {
+			__m256i pm = _mm256_madd_epi16(_mm256_loadu_si256(
+				(const __m256i *)b[t][i].bsums), mins);
+
+			acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * b[t][i].d),
+						 _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+			acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * b[t][i].d),
+						  _mm256_cvtepi32_ps(pm), acc[t]);
+		}
+	}
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++)
+		y[t * y_stride] = hsum_ps(acc[t]);
+}
+
+static void avx2_dot4_q6_k(int n, const void *w, const void *x,
+			   size_t x_stride, float *y, size_t y_stride)
+{
+	const struct kern_block_q6_k *a = w;
+	const struct kern_block_qk *b[4];
+	const __m256i low4 = _mm256_set1_epi8(0xF);
+	const __m256i bits45 = _mm256_set1_epi8(0x30);
+	const __m256i smask[4] = {
+		Q6_K_SCALE_MASK(0), Q6_K_SCALE_MASK(1),
+		Q6_K_SCALE_MASK(2), Q6_K_SCALE_MASK(3),
+	};
+	__m256 acc[4];
+
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++) {
+		b[t] = x_row(x, x_stride, t);
+		acc[t] = _mm256_setzero_ps();
+	}
+	for (int i = 0; i < n / KERN_QK_K; i++) {
+		__m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+			(const __m128i *)a[i].scales));
+		__m256i sumi[4];
+		float d = f16(a[i].d);
+
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++) {
+			__m256i corr = _mm256_madd_epi16(_mm256_loadu_si256(
+				(const __m256i *)b[t][i].bsums), scales16);
+
+			sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
+						   _mm256_slli_epi32(corr, 5));
+		}
+		for (int h = 0; h < 2; h++) {
+			const uint8_t *ql = a[i].ql + 64 * h;
+			__m256i q0 = _mm256_loadu_si256((const __m256i *)ql);
+			__m256i q1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+			__m256i qh = _mm256_loadu_si256((const __m256i *)
+							(a[i].qh + 32 * h));
+			__m256i sc = _mm256_broadcastsi128_si256(
+				_mm_cvtepi8_epi16(_mm_loadl_epi64(
+					(const __m128i *)(a[i].scales + 8 * h))));
+			__m256i v[4];
+
+			v[0] = _mm256_or_si256(_mm256_and_si256(q0, low4),
+				_mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
+			v[1] = _mm256_or_si256(_mm256_and_si256(q1, low4),
+				_mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
+			v[2] = _mm256_or_si256(
+				_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
+				_mm256_and_si256(qh, bits45));
+			v[3] = _mm256_or_si256(
+				_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
+				_mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+			for (int r = 0; r < 4; r++) {
+				__m256i scale = _mm256_shuffle_epi8(sc, smask[r]);
+
+				#pragma GCC unroll 4
+				for (int t = 0; t < 4; t++) {
+					__m256i xs = _mm256_loadu_si256(
+						(const __m256i *)(b[t][i].qs +
+								  128 * h + 32 * r));
+
+					sumi[t] = _mm256_add_epi32(sumi[t],
+						_mm256_madd_epi16(_mm256_maddubs_epi16(
+							v[r], xs), scale));
+				}
+			}
+		}
+		#pragma GCC unroll 4
+		for (int t = 0; t < 4; t++)
+			acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * b[t][i].d),
+						 _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+	}
+	#pragma GCC unroll 4
+	for (int t = 0; t < 4; t++)
+		y[t * y_stride] = hsum_ps(acc[t]);
 }
 
 /* ==== Element-wise kernels ============================================= */
@@ -587,6 +847,12 @@ const struct kern_ops kern_ops_avx2 = {
 		[KERN_SLOT_Q4_0] = avx2_dot_q4_0,
 		[KERN_SLOT_Q4_K] = avx2_dot_q4_k,
 		[KERN_SLOT_Q6_K] = avx2_dot_q6_k,
+	},
+	.dot4 = {
+		[KERN_SLOT_Q8_0] = avx2_dot4_q8_0,
+		[KERN_SLOT_Q4_0] = avx2_dot4_q4_0,
+		[KERN_SLOT_Q4_K] = avx2_dot4_q4_k,
+		[KERN_SLOT_Q6_K] = avx2_dot4_q6_k,
 	},
 	.quantize_qx = avx2_quantize_qx,
 	.quantize_qk = avx2_quantize_qk,
