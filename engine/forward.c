@@ -30,6 +30,10 @@ struct forward_ctx {
 	float *up;	/* (max_batch, d_ff) */
 	float *scores;	/* (n_threads, n_ctx) attention weights */
 	struct kern_kv_run *runs; /* (n_threads, FORWARD_MAX_RUNS) */
+	const struct kv_target **row_target; /* (max_batch) */
+	uint32_t *row_t;	/* (max_batch) index in its target's call */
+	uint32_t *row_pos;	/* (max_batch) position */
+	float *logits;		/* (max_batch, n_vocab) gathered rows */
 };
 
 struct forward_ctx *forward_ctx_create(const struct model *model,
@@ -64,9 +68,14 @@ struct forward_ctx *forward_ctx_create(const struct model *model,
 	ctx->scores = malloc((size_t)ctx->n_threads * n_ctx * sizeof(float));
 	ctx->runs = malloc((size_t)ctx->n_threads * FORWARD_MAX_RUNS *
 			   sizeof(*ctx->runs));
+	ctx->row_target = malloc(b * sizeof(*ctx->row_target));
+	ctx->row_t = malloc(b * sizeof(uint32_t));
+	ctx->row_pos = malloc(b * sizeof(uint32_t));
+	ctx->logits = malloc(b * model->cfg.n_vocab * sizeof(float));
 	if (!ctx->x || !ctx->xb || !ctx->q || !ctx->k || !ctx->v ||
 	    !ctx->att || !ctx->proj || !ctx->gate || !ctx->up ||
-	    !ctx->scores || !ctx->runs) {
+	    !ctx->scores || !ctx->runs || !ctx->row_target || !ctx->row_t ||
+	    !ctx->row_pos || !ctx->logits) {
 		forward_ctx_free(ctx);
 		return NULL;
 	}
@@ -88,6 +97,10 @@ void forward_ctx_free(struct forward_ctx *ctx)
 	free(ctx->up);
 	free(ctx->scores);
 	free(ctx->runs);
+	free(ctx->row_target);
+	free(ctx->row_t);
+	free(ctx->row_pos);
+	free(ctx->logits);
 	free(ctx);
 }
 
@@ -162,14 +175,12 @@ static int cache_runs(void *arg, uint32_t layer, uint32_t t,
 
 /* ---- Attention ------------------------------------------------------- */
 
-/* Attention of one layer for a chunk, split over (token, head) items. */
+/* Attention of one layer for the batch, split over (row, head) items. */
 struct attention_task {
 	struct forward_ctx *ctx;
-	const struct kv_target *target;
 	uint32_t layer;
-	uint32_t n_tok;		/* tokens in this chunk */
-	uint32_t t0;		/* index of the chunk's first token in the call */
-	int status;		/* first negative errno from target->runs */
+	uint32_t n_rows;
+	int status;		/* a negative errno from a target's runs */
 };
 
 static void attention_worker(void *arg, int ith, int nth)
@@ -178,7 +189,7 @@ static void attention_worker(void *arg, int ith, int nth)
 	struct forward_ctx *ctx = task->ctx;
 	const struct model_config *c = &ctx->model->cfg;
 	uint32_t n_heads = c->n_heads;
-	size_t n_items = (size_t)task->n_tok * n_heads;
+	size_t n_items = (size_t)task->n_rows * n_heads;
 	size_t first = n_items * ith / nth;
 	size_t last = n_items * (ith + 1) / nth;
 	size_t q_dim = (size_t)n_heads * c->head_dim;
@@ -188,43 +199,43 @@ static void attention_worker(void *arg, int ith, int nth)
 	size_t item = first;
 
 	while (item < last) {
-		uint32_t t = item / n_heads;
+		uint32_t r = item / n_heads;
 		uint32_t h0 = item % n_heads;
 		uint32_t h1 = n_heads;
+		const struct kv_target *target = ctx->row_target[r];
 		size_t n_keys = 0;
-		int n_runs, r;
+		int n_runs, k;
 
-		if ((size_t)t * n_heads + h1 > last)
-			h1 = last - (size_t)t * n_heads;
-		n_runs = task->target->runs(task->target->arg, task->layer,
-					    task->t0 + t, runs,
-					    FORWARD_MAX_RUNS);
-		for (r = 0; r < n_runs; r++)
-			n_keys += (size_t)runs[r].n;
+		if ((size_t)r * n_heads + h1 > last)
+			h1 = last - (size_t)r * n_heads;
+		n_runs = target->runs(target->arg, task->layer, ctx->row_t[r],
+				      runs, FORWARD_MAX_RUNS);
+		for (k = 0; k < n_runs; k++)
+			n_keys += (size_t)runs[k].n;
 		if (n_runs <= 0 || n_keys > ctx->n_ctx) {
 			/* Benign race: every failing thread stores an error. */
 			__atomic_store_n(&task->status, n_runs < 0 ? n_runs : -EINVAL,
 					 __ATOMIC_RELAXED);
-			memset(ctx->att + t * q_dim + (size_t)h0 * c->head_dim, 0,
+			memset(ctx->att + r * q_dim + (size_t)h0 * c->head_dim, 0,
 			       (size_t)(h1 - h0) * c->head_dim * sizeof(float));
 		} else {
-			kern_attention(ctx->att + t * q_dim, ctx->q + t * q_dim,
+			kern_attention(ctx->att + r * q_dim, ctx->q + r * q_dim,
 				       n_heads, c->n_kv_heads, c->head_dim, h0,
-				       h1, runs, n_runs, task->target->type,
-				       scale, scores);
+				       h1, runs, n_runs, target->type, scale,
+				       scores);
 		}
 		item += h1 - h0;
 	}
 }
 
-static void add_bias(float *x, const float *bias, uint32_t n_tok,
+static void add_bias(float *x, const float *bias, uint32_t n_rows,
 		     uint32_t dim)
 {
 	uint32_t t, i;
 
 	if (!bias)
 		return;
-	for (t = 0; t < n_tok; t++)
+	for (t = 0; t < n_rows; t++)
 		for (i = 0; i < dim; i++)
 			x[(size_t)t * dim + i] += bias[i];
 }
@@ -239,16 +250,15 @@ static void add_rows(float *x, const float *y, size_t n)
 
 static void matmul(struct forward_ctx *ctx, float *y,
 		   const struct model_matrix *w, const float *x,
-		   uint32_t n_tok)
+		   uint32_t n_rows)
 {
 	kern_matmul(ctx->pool, y, w->data, w->type, x, (int)w->n_in,
-		    (int)w->n_out, (int)n_tok);
+		    (int)w->n_out, (int)n_rows);
 }
 
-/* Runs one transformer block on the n_tok rows of ctx->x. */
-static int forward_layer(struct forward_ctx *ctx,
-			 const struct kv_target *target, uint32_t li,
-			 uint32_t n_tok, uint32_t t0, uint32_t pos0)
+/* Runs one transformer block on the n_rows rows of ctx->x. */
+static int forward_layer(struct forward_ctx *ctx, uint32_t li,
+			 uint32_t n_rows)
 {
 	const struct model *m = ctx->model;
 	const struct model_config *c = &m->cfg;
@@ -257,98 +267,167 @@ static int forward_layer(struct forward_ctx *ctx,
 	uint32_t q_dim = c->n_heads * c->head_dim;
 	uint32_t kv_dim = c->n_kv_heads * c->head_dim;
 	struct attention_task task;
-	uint32_t t;
+	uint32_t r;
 
 	/* attention rmsnorm */
-	for (t = 0; t < n_tok; t++)
-		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+	for (r = 0; r < n_rows; r++)
+		kern_rmsnorm(ctx->xb + (size_t)r * d, ctx->x + (size_t)r * d,
 			     l->attn_norm, d, c->rms_eps);
 
 	/* q, k, v projections (qwen2 adds biases) */
-	matmul(ctx, ctx->q, &l->wq, ctx->xb, n_tok);
-	matmul(ctx, ctx->k, &l->wk, ctx->xb, n_tok);
-	matmul(ctx, ctx->v, &l->wv, ctx->xb, n_tok);
-	add_bias(ctx->q, l->bq, n_tok, q_dim);
-	add_bias(ctx->k, l->bk, n_tok, kv_dim);
-	add_bias(ctx->v, l->bv, n_tok, kv_dim);
+	matmul(ctx, ctx->q, &l->wq, ctx->xb, n_rows);
+	matmul(ctx, ctx->k, &l->wk, ctx->xb, n_rows);
+	matmul(ctx, ctx->v, &l->wv, ctx->xb, n_rows);
+	add_bias(ctx->q, l->bq, n_rows, q_dim);
+	add_bias(ctx->k, l->bk, n_rows, kv_dim);
+	add_bias(ctx->v, l->bv, n_rows, kv_dim);
 
-	/* RoPE on q and k, then k and v go into the target's rows */
-	for (t = 0; t < n_tok; t++) {
-		float *k = ctx->k + (size_t)t * kv_dim;
+	/* RoPE on q and k, then k and v go into each row's target */
+	for (r = 0; r < n_rows; r++) {
+		const struct kv_target *target = ctx->row_target[r];
+		float *k = ctx->k + (size_t)r * kv_dim;
 
-		kern_rope_apply(&m->rope, ctx->q + (size_t)t * q_dim,
+		kern_rope_apply(&m->rope, ctx->q + (size_t)r * q_dim,
 				(int)c->n_heads, (int)c->head_dim,
-				(int)(pos0 + t));
+				(int)ctx->row_pos[r]);
 		kern_rope_apply(&m->rope, k, (int)c->n_kv_heads,
-				(int)c->head_dim, (int)(pos0 + t));
+				(int)c->head_dim, (int)ctx->row_pos[r]);
 		kern_quantize_row(target->type, k,
-				  target->row(target->arg, li, t0 + t, false),
+				  target->row(target->arg, li, ctx->row_t[r],
+					      false),
 				  kv_dim);
-		kern_quantize_row(target->type, ctx->v + (size_t)t * kv_dim,
-				  target->row(target->arg, li, t0 + t, true),
+		kern_quantize_row(target->type, ctx->v + (size_t)r * kv_dim,
+				  target->row(target->arg, li, ctx->row_t[r],
+					      true),
 				  kv_dim);
 	}
 
-	/* attention over the keys the target makes visible */
-	task = (struct attention_task){ .ctx = ctx, .target = target,
-					.layer = li, .n_tok = n_tok,
-					.t0 = t0 };
+	/* attention over the keys each row's target makes visible */
+	task = (struct attention_task){ .ctx = ctx, .layer = li,
+					.n_rows = n_rows };
 	kern_pool_run(ctx->pool, attention_worker, &task);
 	if (task.status < 0)
 		return task.status;
 
 	/* output projection and residual */
-	matmul(ctx, ctx->proj, &l->wo, ctx->att, n_tok);
-	add_rows(ctx->x, ctx->proj, (size_t)n_tok * d);
+	matmul(ctx, ctx->proj, &l->wo, ctx->att, n_rows);
+	add_rows(ctx->x, ctx->proj, (size_t)n_rows * d);
 
 	/* feed-forward rmsnorm, SwiGLU and residual */
-	for (t = 0; t < n_tok; t++)
-		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+	for (r = 0; r < n_rows; r++)
+		kern_rmsnorm(ctx->xb + (size_t)r * d, ctx->x + (size_t)r * d,
 			     l->ffn_norm, d, c->rms_eps);
-	matmul(ctx, ctx->gate, &l->w_gate, ctx->xb, n_tok);
-	matmul(ctx, ctx->up, &l->w_up, ctx->xb, n_tok);
-	kern_swiglu(ctx->gate, ctx->gate, ctx->up, (int)((size_t)n_tok * c->d_ff));
-	matmul(ctx, ctx->proj, &l->w_down, ctx->gate, n_tok);
-	add_rows(ctx->x, ctx->proj, (size_t)n_tok * d);
+	matmul(ctx, ctx->gate, &l->w_gate, ctx->xb, n_rows);
+	matmul(ctx, ctx->up, &l->w_up, ctx->xb, n_rows);
+	kern_swiglu(ctx->gate, ctx->gate, ctx->up,
+		    (int)((size_t)n_rows * c->d_ff));
+	matmul(ctx, ctx->proj, &l->w_down, ctx->gate, n_rows);
+	add_rows(ctx->x, ctx->proj, (size_t)n_rows * d);
 	return 0;
 }
 
-/* Runs one chunk of at most max_batch tokens. */
-static int forward_chunk(struct forward_ctx *ctx,
-			 const struct kv_target *target,
-			 const int32_t *tokens, const float *embd,
-			 uint32_t n_tok, uint32_t t0, uint32_t pos0,
-			 float *logits, bool all_logits)
+/*
+ * Runs the rows of @seqs (at most max_batch in all) through the model.
+ * Writes logits for every row into @all_logits when it is not NULL, else
+ * for the last row of each sequence whose logits pointer is set.
+ */
+static int forward_rows(struct forward_ctx *ctx,
+			const struct forward_seq *seqs, uint32_t n_seqs,
+			float *all_logits)
 {
 	const struct model *m = ctx->model;
-	uint32_t d = m->cfg.d_model;
-	uint32_t t, li, first;
+	uint32_t d = m->cfg.d_model, n_vocab = m->cfg.n_vocab;
+	uint32_t s, t, r, li, n_rows = 0, n_out = 0;
 	int rc;
 
-	/* token embeddings, or the caller's vectors */
-	for (t = 0; t < n_tok; t++) {
-		if (tokens)
-			model_embed(m, tokens[t], ctx->x + (size_t)t * d);
-		else
-			memcpy(ctx->x + (size_t)t * d, embd + (size_t)t * d,
-			       d * sizeof(float));
+	/* lay the rows out: embeddings, targets, positions */
+	for (s = 0; s < n_seqs; s++) {
+		const struct forward_seq *q = &seqs[s];
+
+		for (t = 0; t < q->n_tok; t++, n_rows++) {
+			float *x = ctx->x + (size_t)n_rows * d;
+
+			if (q->tokens)
+				model_embed(m, q->tokens[t], x);
+			else
+				memcpy(x, q->embd + (size_t)t * d,
+				       d * sizeof(float));
+			ctx->row_target[n_rows] = q->target;
+			ctx->row_t[n_rows] = q->t0 + t;
+			ctx->row_pos[n_rows] = q->pos0 + t;
+		}
 	}
 
 	for (li = 0; li < m->cfg.n_layers; li++)
-		if ((rc = forward_layer(ctx, target, li, n_tok, t0, pos0)) < 0)
+		if ((rc = forward_layer(ctx, li, n_rows)) < 0)
 			return rc;
 
-	if (!logits)
+	/* final rmsnorm and output head, for the rows whose logits are wanted */
+	if (all_logits) {
+		for (r = 0; r < n_rows; r++)
+			kern_rmsnorm(ctx->xb + (size_t)r * d,
+				     ctx->x + (size_t)r * d, m->output_norm, d,
+				     m->cfg.rms_eps);
+		matmul(ctx, all_logits, &m->output, ctx->xb, n_rows);
 		return 0;
-
-	/* final rmsnorm and output head, for the rows the caller wants */
-	first = all_logits ? 0 : n_tok - 1;
-	for (t = first; t < n_tok; t++)
-		kern_rmsnorm(ctx->xb + (size_t)t * d, ctx->x + (size_t)t * d,
+	}
+	for (s = 0, r = 0; s < n_seqs; r += seqs[s].n_tok, s++) {
+		if (!seqs[s].logits)
+			continue;
+		kern_rmsnorm(ctx->xb + (size_t)n_out * d,
+			     ctx->x + (size_t)(r + seqs[s].n_tok - 1) * d,
 			     m->output_norm, d, m->cfg.rms_eps);
-	matmul(ctx, logits, &m->output, ctx->xb + (size_t)first * d,
-	       n_tok - first);
+		n_out++;
+	}
+	if (n_out == 0)
+		return 0;
+	if (n_out == 1) {
+		for (s = 0; !seqs[s].logits; s++)
+			;
+		matmul(ctx, seqs[s].logits, &m->output, ctx->xb, 1);
+		return 0;
+	}
+	matmul(ctx, ctx->logits, &m->output, ctx->xb, n_out);
+	for (s = 0, r = 0; s < n_seqs; s++) {
+		if (!seqs[s].logits)
+			continue;
+		memcpy(seqs[s].logits, ctx->logits + (size_t)r * n_vocab,
+		       n_vocab * sizeof(float));
+		r++;
+	}
 	return 0;
+}
+
+static int check_tokens(const struct model *m, const int32_t *tokens,
+			uint32_t n)
+{
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		if (tokens[i] < 0 || (uint32_t)tokens[i] >= m->cfg.n_vocab)
+			return -EINVAL;
+	return 0;
+}
+
+int model_forward_batch(struct forward_ctx *ctx,
+			const struct forward_seq *seqs, uint32_t n_seqs)
+{
+	uint32_t s, n_rows = 0;
+
+	for (s = 0; s < n_seqs; s++) {
+		const struct forward_seq *q = &seqs[s];
+
+		if (q->n_tok == 0 || (!q->tokens && !q->embd))
+			return -EINVAL;
+		if (q->tokens && check_tokens(ctx->model, q->tokens, q->n_tok))
+			return -EINVAL;
+		n_rows += q->n_tok;
+		if (n_rows > ctx->max_batch)
+			return -E2BIG;
+	}
+	if (n_rows == 0)
+		return 0;
+	return forward_rows(ctx, seqs, n_seqs, NULL);
 }
 
 int model_forward_target(struct forward_ctx *ctx,
@@ -365,27 +444,26 @@ int model_forward_target(struct forward_ctx *ctx,
 
 	if (n_tok == 0 || (!tokens && !embd))
 		return -EINVAL;
-	if (tokens) {
-		for (done = 0; done < n_tok; done++)
-			if (tokens[done] < 0 || (uint32_t)tokens[done] >= n_vocab)
-				return -EINVAL;
-	}
+	if (tokens && check_tokens(m, tokens, n_tok))
+		return -EINVAL;
 
+	/* chunks of at most max_batch rows */
 	for (done = 0; done < n_tok; done += n) {
-		bool last_chunk;
-		float *out = NULL;
+		struct forward_seq seq = {
+			.target = target, .t0 = done, .pos0 = pos0 + done,
+		};
 
 		n = n_tok - done;
 		if (n > ctx->max_batch)
 			n = ctx->max_batch;
-		last_chunk = done + n == n_tok;
-		if (logits && all_logits)
-			out = logits + (size_t)done * n_vocab;
-		else if (logits && last_chunk)
-			out = logits;
-		rc = forward_chunk(ctx, target, tokens ? tokens + done : NULL,
-				   embd ? embd + (size_t)done * d : NULL, n,
-				   done, pos0 + done, out, all_logits);
+		seq.n_tok = n;
+		seq.tokens = tokens ? tokens + done : NULL;
+		seq.embd = embd ? embd + (size_t)done * d : NULL;
+		if (logits && !all_logits && done + n == n_tok)
+			seq.logits = logits;
+		rc = forward_rows(ctx, &seq, 1,
+				  logits && all_logits ?
+				  logits + (size_t)done * n_vocab : NULL);
 		if (rc < 0)
 			return rc;
 	}

@@ -88,4 +88,38 @@ int generate_loop(const struct model *model, gen_feed_fn feed,
 		  const struct gen_params *params, bool feed_last,
 		  gen_text_fn on_text, void *arg, struct gen_stats *stats);
 
+/*
+ * The loop's state, for callers that feed tokens themselves (a scheduler
+ * batching many generations): create, then alternately hand the logits of
+ * the last fed token to gen_state_next() and feed the token it returns.
+ * @params and the arrays it points to must outlive the state.
+ */
+struct gen_state;
+
+int gen_state_create(const struct model *model,
+		     const struct gen_params *params, bool feed_last,
+		     gen_text_fn on_text, void *arg, struct gen_state **out);
+void gen_state_free(struct gen_state *g);
+
+/*
+ * Samples from @logits, streams text, and checks the stop conditions.
+ * Returns 1 with the token to feed next in *next, 0 when nothing is left
+ * to feed, or a negative errno. With feed_last, the last sampled token is
+ * returned once more for feeding after generation has finished.
+ */
+int gen_state_next(struct gen_state *g, const float *logits, int32_t *next);
+
+/* Returns true once sampling is over (a final feed may still follow). */
+bool gen_state_finished(const struct gen_state *g);
+
+/* Ends sampling for @reason (no effect once finished). */
+void gen_state_stop(struct gen_state *g, enum gen_stop_reason reason);
+
+/* Records the prefill in the statistics. */
+void gen_state_set_prefill(struct gen_state *g, uint32_t n_prompt,
+			   double seconds);
+
+/* Passes on text still held back and copies the statistics to @stats. */
+void gen_state_end(struct gen_state *g, struct gen_stats *stats);
+
 #endif /* KVCHAIN_GENERATE_H */

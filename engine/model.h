@@ -155,6 +155,26 @@ int model_forward_target(struct forward_ctx *ctx,
 			 uint32_t n_tok, uint32_t pos0, float *logits,
 			 bool all_logits);
 
+/* One sequence's share of a batched forward pass. */
+struct forward_seq {
+	const struct kv_target *target;
+	const int32_t *tokens;	/* (n_tok), or NULL to use embd */
+	const float *embd;	/* (n_tok, d_model) */
+	uint32_t n_tok;
+	uint32_t t0;		/* index the target gives the first token */
+	uint32_t pos0;		/* position of the first token */
+	float *logits;		/* n_vocab logits of the last token, or NULL */
+};
+
+/*
+ * Runs several sequences, each into its own target, in one forward pass,
+ * so every weight is read once for all of them. At most max_batch tokens
+ * in all. Returns 0, -EINVAL for a bad id or an empty sequence, -E2BIG
+ * for too many tokens, or a target's error.
+ */
+int model_forward_batch(struct forward_ctx *ctx,
+			const struct forward_seq *seqs, uint32_t n_seqs);
+
 /*
  * Runs @n_tok tokens at positions pos0 .. pos0 + n_tok - 1 through the
  * model, writing their keys and values into @cache and attending causally

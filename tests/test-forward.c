@@ -34,13 +34,16 @@
  *
  * Quantised weight types also round the vector they multiply to 8 bits per
  * block (32 values for Q8_0 and Q4_0, 256 for Q4_K and Q6_K), as the
- * engine's kernels do. Against a reference that rounds the same way, only
- * float rounding remains (about 2e-6 seen): TOL_ROUNDED. Against the exact
- * reference the rounding itself shows, up to 0.12 seen: TOL_ACT_32 and
- * TOL_ACT_256 bound that accuracy loss at about 2.5 times what was seen.
+ * engine's kernels do. Against a reference that rounds the same way, the
+ * error is float rounding (about 2e-6), except that a value within float
+ * error of a rounding midpoint may round the other way; one such flip has
+ * moved logits by up to 0.025 here (Q4_0 models, the AVX2 kernels):
+ * TOL_ROUNDED. Against the exact reference the rounding itself shows, up
+ * to 0.12 seen: TOL_ACT_32 and TOL_ACT_256 bound that accuracy loss at
+ * about 2.5 times what was seen.
  */
 #define TOL_FLOAT 2e-4
-#define TOL_ROUNDED 1e-4
+#define TOL_ROUNDED 5e-2
 #define TOL_ACT_32 0.25
 #define TOL_ACT_256 0.3
 
@@ -291,7 +294,11 @@ static void test_chunks_and_threads(void)
 	int n_vocab, i;
 	double worst = 0.0;
 
-	base_opts(&o, "qwen2", KERN_TYPE_Q8_0, TOK_KIND_BPE);
+	/*
+	 * Float weights: with quantised ones, batches of 3 and of 10 take
+	 * different kernels whose float sums may flip an 8-bit rounding.
+	 */
+	base_opts(&o, "qwen2", KERN_TYPE_F16, TOK_KIND_BPE);
 	CU_ASSERT_EQUAL_FATAL(write_model(&o, path, sizeof(path), "chunks"), 0);
 	make_tokens(ids, N_TOTAL, 256);
 	CU_ASSERT_EQUAL_FATAL(engine_logits(path, KERN_TYPE_F32, 64, 1, ids, &one, &n_vocab), 0);
