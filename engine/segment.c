@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvstore.h"
 #include "model.h"
@@ -31,6 +32,7 @@ struct engine {
 	struct kern_pool *pool;
 	struct forward_ctx *fwd;
 	uint32_t n_ctx;
+	uint32_t max_batch;
 	float *logits;		/* (n_vocab) */
 };
 
@@ -62,6 +64,23 @@ struct segment {
 	uint32_t n_spans;
 	uint32_t cap_spans;
 	uint32_t next_pos;
+	struct job *job;	/* the open job, or NULL */
+};
+
+struct job {
+	struct engine *eng;
+	struct segment *seg;
+	bool generate;
+	struct span span;	/* being written; not in seg->spans yet */
+	uint32_t capacity;	/* tokens its blocks hold */
+	uint32_t total;		/* append: tokens to write */
+	float *logits_out;	/* append: caller's buffer for the last logits */
+	struct gen_state *gen;	/* generate only */
+	float *logits;		/* generate: (n_vocab) */
+	int32_t next;		/* generate: token to feed next */
+	double started;		/* when the first step began */
+	bool done;
+	int error;
 };
 
 static void set_error(char *err, size_t errlen, const char *fmt, ...)
@@ -95,6 +114,7 @@ struct engine *engine_create(const struct model *model, struct kv_store *store,
 	eng->store = store;
 	eng->pool = pool;
 	eng->n_ctx = n_ctx;
+	eng->max_batch = max_batch;
 	eng->fwd = forward_ctx_create(model, max_batch, n_ctx, pool);
 	eng->logits = malloc((size_t)model->cfg.n_vocab * sizeof(float));
 	if (!eng->fwd || !eng->logits) {
@@ -657,16 +677,62 @@ static void discard_span(struct segment *seg, struct span *span)
 	span_free_arrays(span);
 }
 
-int segment_append_tokens(struct segment *seg, enum span_kind kind,
-			  uint32_t stage, const int32_t *tokens, uint32_t n,
-			  const struct span_view *view, uint32_t *span_id,
-			  float *logits)
+/* ==== Jobs ============================================================ */
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Opens a job whose span of @kind will hold up to @capacity tokens. */
+static int job_open(struct segment *seg, enum span_kind kind, uint32_t stage,
+		    const struct span_view *view, uint32_t capacity,
+		    struct job **out)
+{
+	struct job *job;
+	int rc;
+
+	*out = NULL;
+	if (seg->job)
+		return -EBUSY;
+	job = calloc(1, sizeof(*job));
+	if (!job)
+		return -ENOMEM;
+	job->eng = seg->eng;
+	job->seg = seg;
+	job->capacity = capacity;
+	if ((rc = new_span(seg, kind, stage, view, &job->span)) < 0)
+		goto out_free;
+	job->span.tokens = malloc((size_t)capacity * sizeof(int32_t));
+	if (!job->span.tokens) {
+		rc = -ENOMEM;
+		goto out_discard;
+	}
+	if ((rc = span_alloc_blocks(seg->eng->store, &job->span, capacity)) < 0)
+		goto out_discard;
+	seg->job = job;
+	*out = job;
+	return 0;
+
+out_discard:
+	discard_span(seg, &job->span);
+out_free:
+	free(job);
+	return rc;
+}
+
+int job_append_start(struct segment *seg, enum span_kind kind, uint32_t stage,
+		     const int32_t *tokens, uint32_t n,
+		     const struct span_view *view, struct job **out)
 {
 	struct engine *eng = seg->eng;
-	struct span span;
 	uint32_t i;
 	int rc;
 
+	*out = NULL;
 	if (kind == SPAN_STAGE_OUTPUT || n == 0)
 		return -EINVAL;
 	for (i = 0; i < n; i++)
@@ -674,39 +740,249 @@ int segment_append_tokens(struct segment *seg, enum span_kind kind,
 			return -EINVAL;
 	if (n > eng->n_ctx - seg->next_pos)
 		return -E2BIG;
-	if ((rc = new_span(seg, kind, stage, view, &span)) < 0)
+	if ((rc = job_open(seg, kind, stage, view, n, out)) < 0)
 		return rc;
-	span.tokens = malloc((size_t)n * sizeof(int32_t));
-	if (!span.tokens) {
+	memcpy((*out)->span.tokens, tokens, (size_t)n * sizeof(int32_t));
+	(*out)->total = n;
+	return 0;
+}
+
+int job_generate_start(struct segment *seg, uint32_t stage,
+		       const struct gen_params *params,
+		       const struct span_view *view, gen_text_fn on_text,
+		       void *arg, struct job **out)
+{
+	struct engine *eng = seg->eng;
+	int32_t bos = tok_bos(eng->model->tok);
+	uint32_t capacity;
+	struct job *job;
+	int rc;
+
+	*out = NULL;
+	if (bos < 0 || params->max_tokens == 0)
+		return -EINVAL;
+	if (seg->job)
+		return -EBUSY;
+	if (eng->n_ctx - seg->next_pos < 2)
+		return -E2BIG;
+	/* BOS and every generated token, as far as the context allows */
+	capacity = eng->n_ctx - seg->next_pos;
+	if (capacity > params->max_tokens + 1)
+		capacity = params->max_tokens + 1;
+	if ((rc = job_open(seg, SPAN_STAGE_OUTPUT, stage, view, capacity,
+			   &job)) < 0)
+		return rc;
+	job->generate = true;
+	job->logits = malloc((size_t)eng->model->cfg.n_vocab * sizeof(float));
+	if (!job->logits) {
 		rc = -ENOMEM;
-		goto out_discard;
+		goto out_finish;
 	}
-	memcpy(span.tokens, tokens, (size_t)n * sizeof(int32_t));
-	if ((rc = span_alloc_blocks(eng->store, &span, n)) < 0)
-		goto out_discard;
-	span.n = n;
-	rc = span_forward(eng, seg->spans, &span, 0, tokens, NULL, n, logits);
-	if (rc < 0)
-		goto out_discard;
-	commit_span(seg, &span, span_id);
+	if ((rc = gen_state_create(eng->model, params, true, on_text, arg,
+				   &job->gen)) < 0)
+		goto out_finish;
+	job->next = bos;	/* fed, not predicted */
+	*out = job;
 	return 0;
 
-out_discard:
-	discard_span(seg, &span);
+out_finish:
+	job_finish(job, false, NULL, NULL);
 	return rc;
 }
 
-int segment_append_text(struct segment *seg, enum span_kind kind,
-			uint32_t stage, const char *text, size_t len,
-			const struct span_view *view, uint32_t *span_id,
-			float *logits)
+bool job_done(const struct job *job)
 {
-	const struct tokenizer *tok = seg->eng->model->tok;
+	return job->done;
+}
+
+void job_cancel(struct job *job)
+{
+	if (job->generate && !job->done) {
+		gen_state_stop(job->gen, GEN_STOP_CALLBACK);
+		job->done = true;
+	}
+}
+
+static void job_fail(struct job *job, int rc)
+{
+	job->error = rc;
+	job->done = true;
+}
+
+/* Takes the logits of a generation's fed token and picks what comes next. */
+static void job_after_feed(struct job *job)
+{
+	int rc;
+
+	if (job->span.n == 1)
+		gen_state_set_prefill(job->gen, 1, now_seconds() - job->started);
+	if (gen_state_finished(job->gen)) {
+		job->done = true;	/* that was the final feed */
+		return;
+	}
+	rc = gen_state_next(job->gen, job->logits, &job->next);
+	if (rc < 0)
+		job_fail(job, rc);
+	else if (rc == 0)
+		job->done = true;
+}
+
+/* State of one job's share of a batched step. */
+struct job_share {
+	struct span_target st;
+	struct kv_target target;
+	uint32_t n;		/* rows */
+};
+
+int engine_step(struct engine *eng, struct job *const *jobs, uint32_t n,
+		uint32_t max_rows)
+{
+	struct forward_seq *seqs = NULL;
+	struct job_share *shares = NULL;
+	struct job **used = NULL;
+	uint32_t i, n_seqs = 0, rows = 0;
+	int rc = 0;
+
+	if (max_rows == 0 || max_rows > eng->max_batch)
+		max_rows = eng->max_batch;
+	seqs = calloc(n + 1, sizeof(*seqs));
+	shares = calloc(n + 1, sizeof(*shares));
+	used = calloc(n + 1, sizeof(*used));
+	if (!seqs || !shares || !used) {
+		rc = -ENOMEM;
+		goto out;
+	}
+
+	/* one row per generation first, then append chunks in order */
+	for (int pass = 0; pass < 2; pass++) {
+		for (i = 0; i < n && rows < max_rows; i++) {
+			struct job *job = jobs[i];
+			struct job_share *sh = &shares[n_seqs];
+			struct forward_seq *q = &seqs[n_seqs];
+			uint32_t take;
+
+			if (job->done || job->generate != (pass == 0))
+				continue;
+			if (job->started == 0.0)
+				job->started = now_seconds();
+			if (job->generate) {
+				if (job->span.n == job->capacity) {
+					gen_state_stop(job->gen, GEN_STOP_CONTEXT);
+					job->done = true;
+					continue;
+				}
+				job->span.tokens[job->span.n] = job->next;
+				take = 1;
+			} else {
+				take = job->total - job->span.n;
+				if (take > max_rows - rows)
+					take = max_rows - rows;
+			}
+			sh->st = (struct span_target){
+				.store = eng->store, .spans = job->seg->spans,
+				.span = &job->span, .written = job->span.n,
+			};
+			sh->target = (struct kv_target){
+				.type = kv_store_type(eng->store), .arg = &sh->st,
+				.row = span_row, .runs = span_runs,
+			};
+			sh->n = take;
+			q->target = &sh->target;
+			q->tokens = job->span.tokens + job->span.n;
+			q->n_tok = take;
+			q->t0 = 0;
+			q->pos0 = job->span.pos0 + job->span.n;
+			if (job->generate)
+				q->logits = job->logits;
+			else if (job->span.n + take == job->total)
+				q->logits = job->logits_out;
+			used[n_seqs++] = job;
+			rows += take;
+		}
+	}
+	if (n_seqs == 0)
+		goto out;
+
+	rc = model_forward_batch(eng->fwd, seqs, n_seqs);
+	for (i = 0; i < n_seqs; i++) {
+		struct job *job = used[i];
+
+		if (rc < 0) {
+			job_fail(job, rc);
+			continue;
+		}
+		job->span.n += shares[i].n;
+		if (job->generate)
+			job_after_feed(job);
+		else if (job->span.n == job->total)
+			job->done = true;
+	}
+out:
+	free(seqs);
+	free(shares);
+	free(used);
+	return rc;
+}
+
+int job_finish(struct job *job, bool commit, uint32_t *span_id,
+	       struct gen_stats *stats)
+{
+	struct segment *seg = job->seg;
+	int rc = job->error;
+
+	if (job->gen && commit && rc == 0)
+		gen_state_end(job->gen, stats);
+	else if (stats)
+		memset(stats, 0, sizeof(*stats));
+	if (commit && rc == 0 && job->span.n > 0) {
+		span_trim_blocks(seg->eng->store, &job->span);
+		commit_span(seg, &job->span, span_id);
+	} else {
+		discard_span(seg, &job->span);
+		if (rc == 0)
+			rc = -ECANCELED;
+	}
+	seg->job = NULL;
+	gen_state_free(job->gen);
+	free(job->logits);
+	free(job);
+	return rc;
+}
+
+/* Runs @job to its end on its own, then closes it. */
+static int run_job(struct job *job, uint32_t *span_id,
+		   struct gen_stats *stats)
+{
+	while (!job->done)
+		engine_step(job->eng, &job, 1, 0);
+	return job_finish(job, true, span_id, stats);
+}
+
+int segment_append_tokens(struct segment *seg, enum span_kind kind,
+			  uint32_t stage, const int32_t *tokens, uint32_t n,
+			  const struct span_view *view, uint32_t *span_id,
+			  float *logits)
+{
+	struct job *job;
+	int rc;
+
+	rc = job_append_start(seg, kind, stage, tokens, n, view, &job);
+	if (rc < 0)
+		return rc;
+	job->logits_out = logits;
+	return run_job(job, span_id, NULL);
+}
+
+/* Tokenizes @text framed as an input span: the text and a newline. */
+int engine_encode_input(const struct engine *eng, const char *text,
+			size_t len, int32_t **ids_out)
+{
+	const struct tokenizer *tok = eng->model->tok;
 	char *framed;
 	int32_t *ids;
-	int n, rc;
+	int n;
 
-	/* an input span is its text followed by a newline */
+	*ids_out = NULL;
 	framed = malloc(len + 1);
 	if (!framed)
 		return -ENOMEM;
@@ -724,34 +1000,28 @@ int segment_append_text(struct segment *seg, enum span_kind kind,
 	}
 	n = tok_encode(tok, framed, len + 1, 0, ids, (size_t)n);
 	free(framed);
-	rc = n < 0 ? n : segment_append_tokens(seg, kind, stage, ids,
-					       (uint32_t)n, view, span_id,
-					       logits);
-	free(ids);
-	return rc;
+	if (n < 0) {
+		free(ids);
+		return n;
+	}
+	*ids_out = ids;
+	return n;
 }
 
-/* Feeds generated tokens into the output span being written. */
-struct output_feed {
-	struct engine *eng;
-	const struct span *spans;
-	struct span *span;
-	uint32_t capacity;	/* tokens its blocks hold */
-};
-
-static int feed_output(void *arg, const int32_t *tokens, uint32_t n,
-		       float *logits)
+int segment_append_text(struct segment *seg, enum span_kind kind,
+			uint32_t stage, const char *text, size_t len,
+			const struct span_view *view, uint32_t *span_id,
+			float *logits)
 {
-	struct output_feed *f = arg;
-	int rc;
+	int32_t *ids;
+	int n, rc;
 
-	if (n > f->capacity - f->span->n)
-		return -ENOSPC;
-	memcpy(f->span->tokens + f->span->n, tokens, (size_t)n * sizeof(int32_t));
-	rc = span_forward(f->eng, f->spans, f->span, f->span->n, tokens, NULL,
-			  n, logits);
-	if (rc == 0)
-		f->span->n += n;
+	n = engine_encode_input(seg->eng, text, len, &ids);
+	if (n < 0)
+		return n;
+	rc = segment_append_tokens(seg, kind, stage, ids, (uint32_t)n, view,
+				   span_id, logits);
+	free(ids);
 	return rc;
 }
 
@@ -760,51 +1030,22 @@ int segment_generate(struct segment *seg, uint32_t stage,
 		     const struct span_view *view, gen_text_fn on_text,
 		     void *arg, uint32_t *span_id, struct gen_stats *stats)
 {
-	struct engine *eng = seg->eng;
-	int32_t bos = tok_bos(eng->model->tok);
-	struct output_feed feed;
-	struct span span;
-	uint32_t capacity;
+	struct job *job;
 	int rc;
 
 	memset(stats, 0, sizeof(*stats));
-	if (bos < 0 || params->max_tokens == 0)
-		return -EINVAL;
-	if (eng->n_ctx - seg->next_pos < 2)
-		return -E2BIG;
-	/* BOS and every generated token, as far as the context allows */
-	capacity = eng->n_ctx - seg->next_pos;
-	if (capacity > params->max_tokens + 1)
-		capacity = params->max_tokens + 1;
-	if ((rc = new_span(seg, SPAN_STAGE_OUTPUT, stage, view, &span)) < 0)
-		return rc;
-	span.tokens = malloc((size_t)capacity * sizeof(int32_t));
-	if (!span.tokens) {
-		rc = -ENOMEM;
-		goto out_discard;
-	}
-	if ((rc = span_alloc_blocks(eng->store, &span, capacity)) < 0)
-		goto out_discard;
-
-	feed = (struct output_feed){ .eng = eng, .spans = seg->spans,
-				     .span = &span, .capacity = capacity };
-	rc = generate_loop(eng->model, feed_output, &feed, &bos, 1, params,
-			   true, on_text, arg, stats);
+	rc = job_generate_start(seg, stage, params, view, on_text, arg, &job);
 	if (rc < 0)
-		goto out_discard;
-	span_trim_blocks(eng->store, &span);
-	commit_span(seg, &span, span_id);
-	return 0;
-
-out_discard:
-	discard_span(seg, &span);
-	return rc;
+		return rc;
+	return run_job(job, span_id, stats);
 }
 
 int segment_drop(struct segment *seg, uint32_t span_id)
 {
 	struct span *s;
 
+	if (seg->job)
+		return -EBUSY;
 	if (span_id >= seg->n_spans || seg->spans[span_id].dropped)
 		return -ENOENT;
 	s = &seg->spans[span_id];

@@ -129,6 +129,14 @@ int segment_append_tokens(struct segment *seg, enum span_kind kind,
 			  const struct span_view *view, uint32_t *span_id,
 			  float *logits);
 
+/*
+ * Tokenizes @text as an input span is framed (text + "\n", no BOS) into a
+ * new array in *ids (free it with free()). Returns the count or a negative
+ * errno.
+ */
+int engine_encode_input(const struct engine *eng, const char *text,
+			size_t len, int32_t **ids);
+
 /* Appends @len bytes of text, framed as an input span (text + "\n"). */
 int segment_append_text(struct segment *seg, enum span_kind kind,
 			uint32_t stage, const char *text, size_t len,
@@ -146,6 +154,65 @@ int segment_generate(struct segment *seg, uint32_t stage,
 		     const struct gen_params *params,
 		     const struct span_view *view, gen_text_fn on_text,
 		     void *arg, uint32_t *span_id, struct gen_stats *stats);
+
+/* ---- Step-wise work, for a scheduler that batches segments ------------ */
+
+/*
+ * A job is an append or a generation in progress on one segment. Its span
+ * is invisible to the segment until job_finish commits it, and the
+ * segment accepts no other append, generation or drop while a job is open
+ * on it (-EBUSY). engine_step() advances many jobs in one forward pass, so
+ * the weights are read once for all of them: a generation by one token, an
+ * append by one chunk of at most the engine's max_batch tokens.
+ */
+struct job;
+
+/*
+ * Opens an append of @n tokens as for segment_append_tokens, checking
+ * everything and taking its blocks up front. Errors as for that call, and
+ * -EBUSY when a job is already open on @seg.
+ */
+int job_append_start(struct segment *seg, enum span_kind kind, uint32_t stage,
+		     const int32_t *tokens, uint32_t n,
+		     const struct span_view *view, struct job **out);
+
+/*
+ * Opens a generation as for segment_generate. @on_text is called from
+ * engine_step() as tokens become final.
+ */
+int job_generate_start(struct segment *seg, uint32_t stage,
+		       const struct gen_params *params,
+		       const struct span_view *view, gen_text_fn on_text,
+		       void *arg, struct job **out);
+
+/*
+ * Advances each of @n open jobs (on distinct segments of @eng) by one step
+ * in one forward pass, at most @max_rows tokens in all: every generation
+ * gets one row, appends share what is left in order. Returns 0 or a
+ * negative errno; a job that failed or finished reports it through
+ * job_done().
+ */
+int engine_step(struct engine *eng, struct job *const *jobs, uint32_t n,
+		uint32_t max_rows);
+
+/* Returns true when the job has nothing left to do (finished or failed). */
+bool job_done(const struct job *job);
+
+/*
+ * Stops a generation after its current token (a no-op for appends): the
+ * output so far stays, and stats->stop becomes GEN_STOP_CALLBACK.
+ */
+void job_cancel(struct job *job);
+
+/*
+ * Closes the job. With @commit and a job that did not fail, its span joins
+ * the segment and 0 is returned with its id in *span_id (may be NULL) and
+ * the generation's figures in *stats (may be NULL). Otherwise every block
+ * it took is returned and the segment is as before the job; the return is
+ * the job's error, or -ECANCELED when @commit was false.
+ */
+int job_finish(struct job *job, bool commit, uint32_t *span_id,
+	       struct gen_stats *stats);
 
 /*
  * Drops span @span_id: its blocks return to the store once no fork or

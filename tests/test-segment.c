@@ -710,6 +710,90 @@ static void test_recompute(void)
 	fixture_free(&f);
 }
 
+/* ---- Step-wise jobs ---------------------------------------------------- */
+
+/*
+ * Two segments generating while a third appends a long input, all in the
+ * same engine steps, give the tokens each gives alone; a discarded or
+ * failed job leaves no trace; a segment with an open job refuses others.
+ */
+static void test_batched_jobs(void)
+{
+	struct fixture f;
+	struct stage_prompt *p[2] = { soft_prompt(N_PROMPT, 1), soft_prompt(N_PROMPT, 2) };
+	struct chain *chain;
+	struct segment *seg[3];
+	struct job *jobs[3];
+	struct gen_params gp[2];
+	struct gen_stats st;
+	struct trace alone[2], together[2];
+	struct snapshot s;
+	int32_t in[2][6], longin[60];
+	uint32_t i, steps = 0;
+
+	CU_ASSERT_EQUAL_FATAL(fixture_init(&f, KERN_TYPE_F16, 128), 0);
+	CU_ASSERT_EQUAL_FATAL(chain_create(f.eng, (const struct stage_prompt *const *)p, 2, &chain, NULL, 0), 0);
+	make_ids(longin, 60, 9);
+	for (i = 0; i < 2; i++) {
+		make_ids(in[i], 6, 20 + i);
+		trace_init(&alone[i]);
+		trace_init(&together[i]);
+	}
+
+	/* each generation on its own */
+	for (i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL_FATAL(segment_create(chain, &seg[i]), 0);
+		CU_ASSERT_EQUAL(segment_append_tokens(seg[i], SPAN_SHARED_INPUT, 0, in[i], 6, NULL, NULL, NULL), 0);
+		greedy(&gp[i], 5 + i, &alone[i]);
+		CU_ASSERT_EQUAL(segment_generate(seg[i], i, &gp[i], NULL, on_text, &alone[i], NULL, &st), 0);
+		segment_release(seg[i]);
+	}
+
+	/* both at once, beside a 60-token append that takes several steps */
+	for (i = 0; i < 3; i++)
+		CU_ASSERT_EQUAL_FATAL(segment_create(chain, &seg[i]), 0);
+	for (i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(segment_append_tokens(seg[i], SPAN_SHARED_INPUT, 0, in[i], 6, NULL, NULL, NULL), 0);
+		greedy(&gp[i], 5 + i, &together[i]);
+		CU_ASSERT_EQUAL_FATAL(job_generate_start(seg[i], i, &gp[i], NULL, on_text, &together[i], &jobs[i]), 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(job_append_start(seg[2], SPAN_SHARED_INPUT, 0, longin, 60, NULL, &jobs[2]), 0);
+	CU_ASSERT_EQUAL(segment_append_tokens(seg[0], SPAN_SHARED_INPUT, 0, in[0], 6, NULL, NULL, NULL), -EBUSY);
+	CU_ASSERT_EQUAL(segment_drop(seg[0], 2), -EBUSY);
+	while (!job_done(jobs[0]) || !job_done(jobs[1]) || !job_done(jobs[2])) {
+		CU_ASSERT_EQUAL_FATAL(engine_step(f.eng, jobs, 3, 10), 0);
+		steps++;
+	}
+	/* 10 rows a step, two of them decodes: the append needs 8 steps */
+	CU_ASSERT(steps >= 8);
+	for (i = 0; i < 3; i++)
+		CU_ASSERT_EQUAL(job_finish(jobs[i], true, NULL, NULL), 0);
+	for (i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(together[i].n_ids, alone[i].n_ids);
+		CU_ASSERT_EQUAL(memcmp(together[i].ids, alone[i].ids, sizeof(alone[i].ids)), 0);
+	}
+	CU_ASSERT_EQUAL(segment_n_positions(seg[2]), 2 * N_PROMPT + 60);
+
+	/* a job closed without commit leaves the segment as it was */
+	snap(&f, seg[0], &s);
+	CU_ASSERT_EQUAL_FATAL(job_generate_start(seg[0], 0, &gp[0], NULL, on_text, &together[0], &jobs[0]), 0);
+	CU_ASSERT_EQUAL(engine_step(f.eng, jobs, 1, 0), 0);
+	CU_ASSERT_EQUAL(job_finish(jobs[0], false, NULL, NULL), -ECANCELED);
+	CU_ASSERT(unchanged(&f, seg[0], &s));
+
+	for (i = 0; i < 3; i++)
+		segment_release(seg[i]);
+	chain_release(chain);
+	CU_ASSERT_EQUAL(free_blocks(&f), 128);
+	for (i = 0; i < 2; i++) {
+		free(alone[i].rows);
+		free(together[i].rows);
+	}
+	free_prompt(p[0]);
+	free_prompt(p[1]);
+	fixture_free(&f);
+}
+
 static int setup(void)
 {
 	struct testmodel_opts o;
@@ -749,6 +833,7 @@ static const struct test_case segment_cases[] = {
 	{ "drop and fork", test_drop_and_fork },
 	{ "bad calls", test_bad_calls },
 	{ "recompute mode", test_recompute },
+	{ "batched jobs", test_batched_jobs },
 	{ NULL, NULL },
 };
 
