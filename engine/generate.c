@@ -221,7 +221,7 @@ int gen_state_next(struct gen_state *g, const float *logits, int32_t *next)
 	}
 	g->finished = true;
 	/* the last sampled token, unless it ended the text as EOS or a stop
-	 * token, so the caller's KV holds every generated token */
+	 * token, so the caller's KV contains every generated token */
 	if (g->feed_last && id >= 0 && g->stats.stop != GEN_STOP_EOS &&
 	    g->stats.stop != GEN_STOP_TOKEN) {
 		*next = id;

@@ -145,7 +145,7 @@ int32_t sampler_sample(struct sampler *s, const float *logits)
 	if (p->top_k > 0 && p->top_k < keep)
 		keep = p->top_k;
 
-	/* softmax over what is left; c[0] holds the largest value */
+	/* softmax over what is left; c[0] has the largest value */
 	max = c[0].value;
 	sum = 0.0;
 	for (i = 0; i < keep; i++) {

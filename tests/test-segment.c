@@ -323,7 +323,7 @@ static void test_prompt_sharing(void)
 	for (b = 0; b < info.n_blocks; b++)
 		CU_ASSERT_EQUAL(kv_block_refcount(f.store, info.blocks[b]), 3);
 
-	/* the shared slot of stage 0 holds what a fresh sequence computes */
+	/* the shared slot of stage 0 contains what a fresh sequence computes */
 	CU_ASSERT_EQUAL_FATAL(kv_cache_init(&cache, model, 16, KERN_TYPE_F32), 0);
 	ctx = forward_ctx_create(model, 8, 16, NULL);
 	CU_ASSERT_EQUAL(model_forward(ctx, &cache, ids, NULL, N_PROMPT, 0, NULL, false), 0);
@@ -516,7 +516,7 @@ static void test_drop_and_fork(void)
 	kv_store_get_stats(f.store, &before);
 	CU_ASSERT_EQUAL(segment_drop(kept, id_a), 0);
 	kv_store_get_stats(f.store, &after);
-	/* the original still holds I_A: nothing returns yet */
+	/* the original still references I_A, so no block returns yet */
 	CU_ASSERT_EQUAL(after.n_free, before.n_free);
 	segment_release(kept);
 

@@ -253,7 +253,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* Encodes the prompt with BOS where the model asks for it. */
+/* Encodes the prompt, with BOS when the model metadata requests it. */
 static int encode_prompt(const struct model *m, const struct options *o,
 			 int32_t **ids_out)
 {
