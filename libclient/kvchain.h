@@ -69,7 +69,7 @@ void kvc_disconnect(kvc_conn *conn);
 /* Returns the message of the last failed call on @conn ("" if none). */
 const char *kvc_last_error(const kvc_conn *conn);
 
-/* What the daemon serves, from its Hello reply. */
+/* The model and limits the daemon serves, from its Hello reply. */
 struct kvc_server_info {
 	uint32_t struct_size;	/* sizeof(struct kvc_server_info) */
 	uint32_t protocol_version;
