@@ -566,24 +566,29 @@ out_release:
 	return rc;
 }
 
-/* Returns true if span @v of @seg belongs in the default view of a new
- * span of @kind for @stage. */
-static bool default_visible(const struct span *v, enum span_kind kind,
-			    uint32_t stage)
+bool cascade_visible(enum span_kind query_kind, uint32_t query_stage,
+		     enum span_kind key_kind, uint32_t key_stage)
 {
-	switch (kind) {
+	switch (query_kind) {
 	case SPAN_SHARED_INPUT:
-		return v->kind == SPAN_SHARED_INPUT;
+		return key_kind == SPAN_SHARED_INPUT;
 	case SPAN_STAGE_INPUT:
-		return v->kind != SPAN_PROMPT || v->stage == stage;
+		return key_kind != SPAN_PROMPT || key_stage == query_stage;
 	case SPAN_STAGE_OUTPUT:
-		if (v->kind == SPAN_PROMPT || v->kind == SPAN_STAGE_INPUT)
-			return v->stage == stage;
+		if (key_kind == SPAN_PROMPT || key_kind == SPAN_STAGE_INPUT)
+			return key_stage == query_stage;
 		return true;	/* shared inputs and every output */
 	case SPAN_PROMPT:
 		break;
 	}
-	return false;
+	return false;	/* a prompt slot sees only itself */
+}
+
+/* Returns true if span @v belongs in the default view of a new span. */
+static bool default_visible(const struct span *v, enum span_kind kind,
+			    uint32_t stage)
+{
+	return cascade_visible(kind, stage, v->kind, v->stage);
 }
 
 /*

@@ -48,6 +48,15 @@ enum span_kind {
 	SPAN_STAGE_OUTPUT,	/* O_X: what a stage generated */
 };
 
+/*
+ * Returns true if a token of a span of @query_kind for @query_stage may
+ * attend to an earlier span of @key_kind for @key_stage under the cascade
+ * mask (the table above). Within one span attention is causal. The
+ * trainer builds its mask from this function too.
+ */
+bool cascade_visible(enum span_kind query_kind, uint32_t query_stage,
+		     enum span_kind key_kind, uint32_t key_stage);
+
 /* Largest number of stages in one chain. */
 #define CHAIN_MAX_STAGES 16
 
