@@ -555,23 +555,22 @@ out_close:
 	return ret;
 }
 
-/* Reads num_virtual_tokens from @path, checking peft_type and token_dim. */
-static int parse_config(const char *path, uint32_t d_model,
-			uint32_t *n_virtual, char *err, size_t errlen)
+int stage_prompt_parse_config(const void *data, size_t size,
+			      const char *path, uint32_t d_model,
+			      uint32_t *n_virtual, char *err, size_t errlen)
 {
 	char q[QUOTE_MAX + 4];
 	json_error_t jerr;
 	const json_t *v;
 	json_t *root;
-	uint8_t *buf;
-	size_t size;
 	int ret;
 
-	ret = read_whole(path, CONFIG_FILE_MAX, &buf, &size, err, errlen);
-	if (ret)
-		return ret;
-	root = json_loadb((const char *)buf, size, JSON_REJECT_DUPLICATES, &jerr);
-	free(buf);
+	if (size > CONFIG_FILE_MAX) {
+		set_err(err, errlen, "%s: %zu bytes, above the limit of %zu",
+			path, size, (size_t)CONFIG_FILE_MAX);
+		return -EFBIG;
+	}
+	root = json_loadb(data, size, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
 		set_err(err, errlen, "%s: invalid JSON (line %d): %s", path,
 			jerr.line,
@@ -629,6 +628,23 @@ static int parse_config(const char *path, uint32_t d_model,
 
 out_free_root:
 	json_decref(root);
+	return ret;
+}
+
+/* Reads num_virtual_tokens from the file @path. */
+static int parse_config(const char *path, uint32_t d_model,
+			uint32_t *n_virtual, char *err, size_t errlen)
+{
+	uint8_t *buf;
+	size_t size;
+	int ret;
+
+	ret = read_whole(path, CONFIG_FILE_MAX, &buf, &size, err, errlen);
+	if (ret)
+		return ret;
+	ret = stage_prompt_parse_config(buf, size, path, d_model, n_virtual,
+					err, errlen);
+	free(buf);
 	return ret;
 }
 

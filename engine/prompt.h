@@ -76,6 +76,16 @@ int stage_prompt_parse_safetensors(const void *data, size_t size,
 				   uint32_t *n_out, char *err, size_t errlen);
 
 /*
+ * Parses @size bytes of an adapter_config.json, already in memory, into
+ * its num_virtual_tokens, checking peft_type (PROMPT_TUNING) and token_dim
+ * (@d_model) when present. @name is the file name for messages. Returns 0
+ * or -EINVAL (-EFBIG for an oversized file) with a message.
+ */
+int stage_prompt_parse_config(const void *data, size_t size,
+			      const char *name, uint32_t d_model,
+			      uint32_t *n_virtual, char *err, size_t errlen);
+
+/*
  * Writes @n_prompts soft prompts of equal length into folder @dir (created
  * if missing) as one PEFT adapter: their rows concatenated in F32, with
  * num_virtual_tokens the length of one. Files are written to temporary
