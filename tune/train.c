@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * train.c - the public calls of the training pass: argument checks, then
+ * the F32 or F64 build of train-impl.h.
+ *
+ * NOTE: this is the core of kvchain-tune only. Not there yet:
+ * - the optimiser (AdamW, lr 2e-4, linear schedule with 3% warm-up, no
+ *   weight decay) and gradient accumulation over a batch of layouts;
+ * - data files: JSON arrays or JSON Lines of objects whose keys name
+ *   segments (I_ALL, I_A, O_A, ..., multi-round O_1A, O_1B, ...), the
+ *   format of the FTHSS authors' code, tokenized span by span as the engine
+ *   frames them (engine_encode_input, BOS + output tokens) into layouts;
+ * - the kvchain-tune command line, prompt initialisation from the
+ *   embedding of an instruction text, and stage-by-stage training with
+ *   earlier stages' prompts frozen;
+ * - checkpoints (stage_prompt_save_peft writes the adapter format) and
+ *   resuming;
+ * - pretrain mode, which needs weight gradients: this pass computes none;
+ * - the added tag tokens of multi-round chains (trained embedding and
+ *   output rows);
+ * - speed: positions after the last predicted token cannot change the
+ *   loss and could be cut before the pass; elementwise steps and the
+ *   weight transposes are single-threaded.
+ * Quantised weights are dequantised to F32 here, whereas the engine
+ * rounds activations to 8 bits before quantised products, so a quantised
+ * model trains on slightly different logits than it serves.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "model.h"
+#include "train-internal.h"
+
+struct tune_ctx {
+	const struct model *model;
+	uint32_t max_len;
+	enum tune_precision precision;
+	void *core;
+};
+
+struct tune_ctx *tune_ctx_create(const struct model *model,
+				 struct kern_pool *pool, uint32_t max_len,
+				 enum tune_precision precision)
+{
+	struct tune_ctx *ctx;
+
+	if (max_len == 0)
+		return NULL;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return NULL;
+	ctx->model = model;
+	ctx->max_len = max_len;
+	ctx->precision = precision;
+	if (precision == TUNE_F64)
+		ctx->core = tune_core_create_f64(model, pool, max_len);
+	else
+		ctx->core = tune_core_create_f32(model, pool, max_len);
+	if (!ctx->core) {
+		free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+void tune_ctx_free(struct tune_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	if (ctx->precision == TUNE_F64)
+		tune_core_free_f64(ctx->core);
+	else
+		tune_core_free_f32(ctx->core);
+	free(ctx);
+}
+
+static bool in_vocab(const struct model *m, int32_t id)
+{
+	return id >= 0 && (uint32_t)id < m->cfg.n_vocab;
+}
+
+/* Checks that every token and stop id of @lay is in the vocabulary. */
+static int check_layout(const struct tune_ctx *ctx,
+			const struct tune_layout *lay,
+			const float *const *prompts)
+{
+	uint32_t s, j;
+
+	if (lay->n_pos == 0 || lay->n_stages == 0 || !prompts)
+		return -EINVAL;
+	if (lay->n_pos > ctx->max_len)
+		return -E2BIG;
+	for (s = 0; s < lay->n_spans; s++) {
+		const struct tune_span *sp = &lay->spans[s];
+
+		if ((s < lay->n_stages) != (sp->kind == SPAN_PROMPT))
+			return -EINVAL;
+		if (sp->kind == SPAN_PROMPT) {
+			if (!prompts[s])
+				return -EINVAL;
+			continue;
+		}
+		for (j = 0; j < sp->n; j++)
+			if (!in_vocab(ctx->model, sp->tokens[j]))
+				return -EINVAL;
+		if (sp->stop_id >= 0 && !in_vocab(ctx->model, sp->stop_id))
+			return -EINVAL;
+	}
+	return 0;
+}
+
+int tune_forward(struct tune_ctx *ctx, const struct tune_layout *lay,
+		 const float *const *prompts, double *loss, float *logits)
+{
+	int rc;
+
+	if ((rc = check_layout(ctx, lay, prompts)) < 0)
+		return rc;
+	if (ctx->precision == TUNE_F64)
+		return tune_core_forward_f64(ctx->core, lay, prompts, loss,
+					     logits);
+	return tune_core_forward_f32(ctx->core, lay, prompts, loss, logits);
+}
+
+int tune_backward(struct tune_ctx *ctx, double *const *grads)
+{
+	if (ctx->precision == TUNE_F64)
+		return tune_core_backward_f64(ctx->core, grads);
+	return tune_core_backward_f32(ctx->core, grads);
+}
