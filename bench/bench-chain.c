@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench-args.h"
 #include "kvstore.h"
 #include "model.h"
 #include "prompt.h"
@@ -359,15 +360,19 @@ static int parse_args(int argc, char **argv, struct options *o)
 	int c;
 
 	while ((c = getopt_long(argc, argv, "m:t:r:h", longopts, NULL)) != -1) {
+		const char *p = "bench-chain";
+		unsigned long v = 0;
+		int bad = 0;
+
 		switch (c) {
 		case 'm': o->model_path = optarg; break;
-		case 't': o->n_threads = atoi(optarg); break;
-		case 'r': o->reps = atoi(optarg); break;
-		case 'A': o->n_i_all = (uint32_t)atoi(optarg); break;
-		case 'a': o->n_i_a = (uint32_t)atoi(optarg); break;
-		case 'o': o->n_o_a = (uint32_t)atoi(optarg); break;
-		case 'b': o->n_o_b = (uint32_t)atoi(optarg); break;
-		case 'P': o->n_prompt = (uint32_t)atoi(optarg); break;
+		case 't': bad = bench_parse_uint(p, "-t", optarg, 1, 256, &v); o->n_threads = (int)v; break;
+		case 'r': bad = bench_parse_uint(p, "-r", optarg, 1, 1000, &v); o->reps = (int)v; break;
+		case 'A': bad = bench_parse_uint(p, "--i-all", optarg, 1, 1 << 20, &v); o->n_i_all = (uint32_t)v; break;
+		case 'a': bad = bench_parse_uint(p, "--i-a", optarg, 1, 1 << 20, &v); o->n_i_a = (uint32_t)v; break;
+		case 'o': bad = bench_parse_uint(p, "--o-a", optarg, 1, 1 << 20, &v); o->n_o_a = (uint32_t)v; break;
+		case 'b': bad = bench_parse_uint(p, "--o-b", optarg, 1, 1 << 20, &v); o->n_o_b = (uint32_t)v; break;
+		case 'P': bad = bench_parse_uint(p, "--prompt", optarg, 1, 1 << 16, &v); o->n_prompt = (uint32_t)v; break;
 		case 'k':
 			if (!strcmp(optarg, "f16"))
 				o->kv_type = KERN_TYPE_F16;
@@ -375,16 +380,24 @@ static int parse_args(int argc, char **argv, struct options *o)
 				o->kv_type = KERN_TYPE_F32;
 			else if (!strcmp(optarg, "q8_0"))
 				o->kv_type = KERN_TYPE_Q8_0;
-			else
+			else {
+				fprintf(stderr, "bench-chain: invalid --kv-type '%s': expected f16, f32 or q8_0\n", optarg);
 				return -1;
+			}
 			break;
 		case 'h': usage(stdout); exit(0);
-		default: return -1;
+		default:
+			fprintf(stderr, "bench-chain: see bench-chain --help\n");
+			return -1;
 		}
+		if (bad)
+			return -1;
 	}
-	if (!o->model_path || o->n_threads < 1 || o->reps < 1 ||
-	    !o->n_i_all || !o->n_i_a || !o->n_o_a || !o->n_o_b || !o->n_prompt)
+	if (!o->model_path || optind < argc) {
+		fprintf(stderr, "bench-chain: %s (see --help)\n",
+			o->model_path ? "unexpected argument" : "-m MODEL is required");
 		return -1;
+	}
 	return 0;
 }
 
@@ -429,10 +442,8 @@ int main(int argc, char **argv)
 	char err[512];
 	int r, rc;
 
-	if (parse_args(argc, argv, &o) < 0) {
-		usage(stderr);
+	if (parse_args(argc, argv, &o) < 0)
 		return 1;
-	}
 	kern_init();
 	if (model_load(o.model_path, &m, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench-chain: %s\n", err);
@@ -440,8 +451,9 @@ int main(int argc, char **argv)
 	}
 	n_ctx = 2 * o.n_prompt + o.n_i_all + o.n_i_a + o.n_o_a + o.n_o_b + 8;
 	if (n_ctx > m->cfg.n_ctx_train) {
-		fprintf(stderr, "bench-chain: the chain needs %u positions, the model has %u\n",
+		fprintf(stderr, "bench-chain: the chain needs %u positions, the model has %u; make a model with a longer context (mkmodel --ctx) or shorten --i-a\n",
 			n_ctx, m->cfg.n_ctx_train);
+		model_free(m);
 		return 1;
 	}
 	/* room for two whole chains, with slack for partly used blocks */

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench-args.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -245,20 +246,25 @@ int main(int argc, char **argv)
 	size_t wbytes;
 
 	while ((c = getopt_long(argc, argv, "m:t:p:n:r:h", longopts, NULL)) != -1) {
+		unsigned long v = 0;
+		int bad = 0;
+
 		switch (c) {
 		case 'm': path = optarg; break;
-		case 't': n_threads = atoi(optarg); break;
-		case 'p': n_prefill = atoi(optarg); break;
-		case 'n': n_decode = atoi(optarg); break;
-		case 'r': reps = atoi(optarg); break;
-		case 'M': mem_mib = (size_t)atol(optarg); break;
+		case 't': bad = bench_parse_uint("bench-engine", "-t", optarg, 1, 256, &v); n_threads = (int)v; break;
+		case 'p': bad = bench_parse_uint("bench-engine", "-p", optarg, 1, 1 << 16, &v); n_prefill = (int)v; break;
+		case 'n': bad = bench_parse_uint("bench-engine", "-n", optarg, 1, 1 << 16, &v); n_decode = (int)v; break;
+		case 'r': bad = bench_parse_uint("bench-engine", "-r", optarg, 1, 1000, &v); reps = (int)v; break;
+		case 'M': bad = bench_parse_uint("bench-engine", "--mem-mib", optarg, 16, 65536, &v); mem_mib = v; break;
 		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 1;
+		default: fprintf(stderr, "bench-engine: see bench-engine --help\n"); return 1;
 		}
+		if (bad)
+			return 1;
 	}
-	if (!path || n_threads < 1 || n_prefill < 1 || n_decode < 1 ||
-	    reps < 1 || mem_mib < 16) {
-		usage(stderr);
+	if (!path || optind < argc) {
+		fprintf(stderr, "bench-engine: %s (see --help)\n",
+			path ? "unexpected argument" : "-m MODEL is required");
 		return 1;
 	}
 	kern_init();

@@ -12,6 +12,13 @@
 # differs by more than 1e-3.
 set -eu
 build=${BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build}
+if [ $# -lt 2 ] || [ "$1" = --help ] || [ "$1" = -h ]; then
+	echo "usage: $0 MODEL.gguf REFDIR..." >&2
+	echo "Each REFDIR holds prompt.txt, prompt_tokens.txt, gen_ids.txt and logits_stepNNN.txt" >&2
+	echo "dumped from llama.cpp for MODEL.gguf (see the comment at the top of this script)." >&2
+	[ $# -ge 1 ] && { [ "$1" = --help ] || [ "$1" = -h ]; } && exit 0
+	exit 2
+fi
 model=$1
 shift
 tmp=$(mktemp -d)

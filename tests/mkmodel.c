@@ -227,6 +227,18 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mkmodel: missing -o FILE (try 'mkmodel --help')\n");
 		return 1;
 	}
+	/*
+	 * Test models are small; a typo such as --dim 1000000 would write
+	 * gigabytes. 4 billion weights is far above any test or benchmark.
+	 */
+	double weights = (double)opts.n_layers *
+			 ((double)opts.d_model * opts.d_model * 4 +
+			  3.0 * opts.d_model * opts.d_ff);
+	if (weights > 4e9) {
+		fprintf(stderr, "mkmodel: --dim %u, --layers %u and --ff %u make %.1f billion weights, above the limit of 4 billion for test models\n",
+			opts.d_model, opts.n_layers, opts.d_ff, weights / 1e9);
+		return 1;
+	}
 	if (testmodel_write(path, &opts, err, sizeof(err))) {
 		fprintf(stderr, "mkmodel: %s\n", err);
 		return 1;

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "generate.h"
 #include "kernels.h"
@@ -46,10 +48,10 @@ static void usage(FILE *out)
 "\n"
 "  -m, --model FILE      GGUF model file\n"
 "  -p, --prompt TEXT     prompt text\n"
-"  -n, --tokens N        maximum tokens to generate (default 128)\n"
-"  -t, --threads N       worker threads (default 2)\n"
-"  -c, --ctx N           context length in tokens (default: the model's,\n"
-"                        at most 4096)\n"
+"  -n, --tokens N        maximum tokens to generate, 1 or more (default 128)\n"
+"  -t, --threads N       worker threads, 1 to 256 (default 2)\n"
+"  -c, --ctx N           context length in tokens; 0 or absent: the model's,\n"
+"                        at most 4096\n"
 "      --temp F          sampling temperature; 0 is greedy (default 0)\n"
 "      --top-k N         keep the N most likely tokens; 0 keeps all\n"
 "      --top-p F         keep the smallest set with probability >= F\n"
@@ -58,7 +60,8 @@ static void usage(FILE *out)
 "      --stop TEXT       stop before TEXT (repeatable, up to %d)\n"
 "      --stop-token ID   stop at token ID (repeatable, up to %d)\n"
 "      --ignore-eos      keep generating past the end-of-sequence token\n"
-"      --kv-type T       KV cache element type: f16 (default), f32, q8_0\n"
+"      --kv-type T       KV cache element type: f16 (default), f32, q8_0;\n"
+"                        q8_0 needs a head size that is a multiple of 32\n"
 "      --special         recognise special-token text in the prompt\n"
 "      --no-bos          do not add BOS even if the model asks for it\n"
 "      --print-ids       print prompt and generated token ids on stderr\n"
@@ -70,32 +73,35 @@ static void usage(FILE *out)
 "instruction set the kernels use.\n", MAX_STOPS, MAX_STOPS);
 }
 
-static int parse_uint(const char *flag, const char *s, unsigned long max,
-		      unsigned long *out)
+static int parse_uint(const char *flag, const char *s, unsigned long min,
+		      unsigned long max, unsigned long *out)
 {
 	char *end;
 
 	errno = 0;
 	*out = strtoul(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || *out > max) {
+	if (errno || end == s || *end || s[0] == '-' || *out < min ||
+	    *out > max) {
 		fprintf(stderr,
 			"kvchain-run: invalid value '%s' for %s: expected an "
-			"integer from 0 to %lu\n", s, flag, max);
+			"integer from %lu to %lu\n", s, flag, min, max);
 		return -1;
 	}
 	return 0;
 }
 
-static int parse_float(const char *flag, const char *s, float *out)
+/* Parses a finite number in [min, max]. */
+static int parse_float(const char *flag, const char *s, float min, float max,
+		       float *out)
 {
 	char *end;
 
 	errno = 0;
 	*out = strtof(s, &end);
-	if (errno || end == s || *end) {
+	if (errno || end == s || *end || !(*out >= min && *out <= max)) {
 		fprintf(stderr,
 			"kvchain-run: invalid value '%s' for %s: expected a "
-			"number\n", s, flag);
+			"number from %g to %g\n", s, flag, min, max);
 		return -1;
 	}
 	return 0;
@@ -146,42 +152,40 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->prompt = optarg;
 			break;
 		case 'n':
-			if (parse_uint("--tokens", optarg, 1u << 20, &v))
+			if (parse_uint("--tokens", optarg, 1, 1u << 20, &v))
 				return -1;
 			o->n_predict = (uint32_t)v;
 			break;
 		case 't':
-			if (parse_uint("--threads", optarg, 256, &v) || v == 0) {
-				if (v == 0)
-					fprintf(stderr, "kvchain-run: --threads must be at least 1\n");
+			if (parse_uint("--threads", optarg, 1, 256, &v))
 				return -1;
-			}
 			o->n_threads = (int)v;
 			break;
 		case 'c':
-			if (parse_uint("--ctx", optarg, 1u << 20, &v))
+			if (parse_uint("--ctx", optarg, 0, 1u << 20, &v))
 				return -1;
 			o->n_ctx = (uint32_t)v;
 			break;
 		case OPT_TEMP:
-			if (parse_float("--temp", optarg, &sp->temperature))
+			if (parse_float("--temp", optarg, 0.0f, 100.0f,
+					&sp->temperature))
 				return -1;
 			break;
 		case OPT_TOP_K:
-			if (parse_uint("--top-k", optarg, UINT32_MAX, &v))
+			if (parse_uint("--top-k", optarg, 0, UINT32_MAX, &v))
 				return -1;
 			sp->top_k = (uint32_t)v;
 			break;
 		case OPT_TOP_P:
-			if (parse_float("--top-p", optarg, &sp->top_p))
+			if (parse_float("--top-p", optarg, 0.0f, 1.0f, &sp->top_p))
 				return -1;
 			break;
 		case OPT_MIN_P:
-			if (parse_float("--min-p", optarg, &sp->min_p))
+			if (parse_float("--min-p", optarg, 0.0f, 1.0f, &sp->min_p))
 				return -1;
 			break;
 		case OPT_SEED:
-			if (parse_uint("--seed", optarg, ULONG_MAX, &v))
+			if (parse_uint("--seed", optarg, 0, ULONG_MAX, &v))
 				return -1;
 			sp->seed = v;
 			break;
@@ -197,7 +201,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 				fprintf(stderr, "kvchain-run: more than %d --stop-token options\n", MAX_STOPS);
 				return -1;
 			}
-			if (parse_uint("--stop-token", optarg, INT32_MAX, &v))
+			if (parse_uint("--stop-token", optarg, 0, INT32_MAX, &v))
 				return -1;
 			o->stop_tokens[o->gen.n_stop_tokens++] = (int32_t)v;
 			break;
@@ -205,11 +209,11 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->gen.ignore_eos = true;
 			break;
 		case OPT_KV_TYPE:
-			if (!strcmp(optarg, "f16")) {
+			if (!strcasecmp(optarg, "f16")) {
 				o->kv_type = KERN_TYPE_F16;
-			} else if (!strcmp(optarg, "f32")) {
+			} else if (!strcasecmp(optarg, "f32")) {
 				o->kv_type = KERN_TYPE_F32;
-			} else if (!strcmp(optarg, "q8_0")) {
+			} else if (!strcasecmp(optarg, "q8_0")) {
 				o->kv_type = KERN_TYPE_Q8_0;
 			} else {
 				fprintf(stderr, "kvchain-run: invalid --kv-type '%s': expected f16, f32 or q8_0\n", optarg);
@@ -235,7 +239,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 			usage(stdout);
 			exit(0);
 		default:
-			usage(stderr);
+			/* getopt has named the option; point to the help */
+			fprintf(stderr, "kvchain-run: see kvchain-run --help\n");
 			return -1;
 		}
 	}
@@ -354,9 +359,16 @@ int main(int argc, char **argv)
 	uint32_t n_ctx;
 
 	sampler_params_default(&o.gen.sampling);
+	opterr = 1;
+	argv[0] = "kvchain-run";	/* getopt's messages name the program */
 	if (parse_args(argc, argv, &o))
 		return 1;
-	kern_init();
+	if (kern_init() < 0)
+		fprintf(stderr, "kvchain-run: warning: KVCHAIN_ISA='%s' is not an instruction set this CPU supports (scalar, avx2, avx512); using %s\n",
+			getenv("KVCHAIN_ISA"), kern_isa_name(kern_isa_current()));
+	if (o.n_threads > sysconf(_SC_NPROCESSORS_ONLN))
+		fprintf(stderr, "kvchain-run: warning: %d threads on %ld online CPUs will run slower than one thread per CPU\n",
+			o.n_threads, sysconf(_SC_NPROCESSORS_ONLN));
 
 	rc = model_load(o.model_path, &m, err, sizeof(err));
 	if (rc < 0) {
@@ -375,7 +387,7 @@ int main(int argc, char **argv)
 	}
 	n_ctx = o.n_ctx ? o.n_ctx : (m->cfg.n_ctx_train < 4096 ? m->cfg.n_ctx_train : 4096);
 	if ((uint32_t)n_prompt >= n_ctx) {
-		fprintf(stderr, "kvchain-run: the prompt has %d tokens, which does not fit a context of %" PRIu32 "; raise --ctx\n",
+		fprintf(stderr, "kvchain-run: the prompt has %d tokens, which leaves no room to generate in a context of %" PRIu32 "; raise --ctx\n",
 			n_prompt, n_ctx);
 		goto out;
 	}
@@ -386,7 +398,7 @@ int main(int argc, char **argv)
 	if (rc < 0) {
 		fprintf(stderr, "kvchain-run: cannot allocate a %s KV cache of %" PRIu32 " positions: %s\n",
 			kern_type_name(o.kv_type), n_ctx,
-			rc == -EINVAL ? "the type needs a head size that is a multiple of 32" : strerror(-rc));
+			rc == -EINVAL ? "the type needs a head size that is a multiple of 32; use --kv-type f16" : strerror(-rc));
 		goto out;
 	}
 	pool = kern_pool_create(o.n_threads);
