@@ -420,6 +420,7 @@ int main(int argc, char **argv)
 	rc = generate(ctx, &cache, m, prompt, (uint32_t)n_prompt, &o.gen,
 		      print_and_log, &log, &stats);
 	putchar('\n');
+	fflush(stdout);	/* before the statistics on stderr */
 	if (rc < 0) {
 		fprintf(stderr, "kvchain-run: generation failed: %s\n", strerror(-rc));
 		goto out;
