@@ -3,18 +3,8 @@
  * train.c - the public calls of the training pass: argument checks, then
  * the F32 or F64 build of train-impl.h.
  *
- * NOTE: this is the core of kvchain-tune only. Not there yet:
- * - the optimiser (AdamW, lr 2e-4, linear schedule with 3% warm-up, no
- *   weight decay) and gradient accumulation over a batch of layouts;
- * - data files: JSON arrays or JSON Lines of objects whose keys name
- *   segments (I_ALL, I_A, O_A, ..., multi-round O_1A, O_1B, ...), the
- *   format of the FTHSS authors' code, tokenized span by span as the engine
- *   frames them (engine_encode_input, BOS + output tokens) into layouts;
- * - the kvchain-tune command line, prompt initialisation from the
- *   embedding of an instruction text, and stage-by-stage training with
- *   earlier stages' prompts frozen;
- * - checkpoints (stage_prompt_save_peft writes the adapter format) and
- *   resuming;
+ * NOTE: not there yet (the rest of kvchain-tune lives in cmd-train.c,
+ * data.c and optim.c):
  * - pretrain mode, which needs weight gradients: this pass computes none;
  * - the added tag tokens of multi-round chains (trained embedding and
  *   output rows);
