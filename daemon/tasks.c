@@ -425,7 +425,7 @@ bool kvd_step_tasks(struct kvd_daemon *d)
 {
 	struct job **jobs;
 	struct kvd_task *t;
-	uint32_t n = 0;
+	uint32_t i, n = 0;
 	int rc;
 
 	if (!d->tasks)
@@ -436,9 +436,19 @@ bool kvd_step_tasks(struct kvd_daemon *d)
 			d->n_tasks);
 		return false;
 	}
+	/*
+	 * Oldest first. engine_step gives rows in array order and d->tasks
+	 * lists the newest first, so in list order a steady stream of new
+	 * appends (or more generations than max_batch) could take every row
+	 * and starve an older job indefinitely.
+	 */
 	for (t = d->tasks; t; t = t->next)
 		if (!job_done(t->job))
-			jobs[n++] = t->job;
+			n++;
+	i = n;
+	for (t = d->tasks; t; t = t->next)
+		if (!job_done(t->job))
+			jobs[--i] = t->job;
 	if (n) {
 		rc = engine_step(d->eng, jobs, n, d->cfg.max_batch);
 		if (rc < 0)

@@ -28,6 +28,7 @@ struct kvc_conn {
 	int fd;				/* the control socket */
 	bool broken;			/* hung up or out of step: calls fail */
 	int timeout_ms;			/* per wait for a reply */
+	bool socket_only;		/* KVCHAIN_TRANSPORT=socket: no rings */
 
 	void *shm;			/* (shm_size) the connection's region */
 	size_t shm_size;
@@ -50,9 +51,9 @@ int kvc__fail(struct kvc_conn *conn, int code, const char *fmt, ...)
 
 /*
  * Sends @req (its id is assigned here) through the request ring, or over
- * the socket when it is too big for the ring. Stores in *via_socket which
- * way it went, since the daemon answers the same way. Returns 0 or a KVC_E*
- * code with conn->err set.
+ * the socket when it is too big for the ring or conn->socket_only is set.
+ * Stores in *via_socket which way it went, since the daemon answers the
+ * same way. Returns 0 or a KVC_E* code with conn->err set.
  */
 int kvc__send(struct kvc_conn *conn, Kvchain__Request *req,
 	      bool *via_socket);

@@ -94,6 +94,25 @@ static int timeout_from_env(int *timeout_ms)
 	return 0;
 }
 
+/*
+ * Reads KVCHAIN_TRANSPORT: unset, empty or "rings" for the default, or
+ * "socket" to send every request over the socket, which benchmarks use
+ * to compare the two paths.
+ */
+static int transport_from_env(bool *socket_only)
+{
+	const char *s = getenv("KVCHAIN_TRANSPORT");
+
+	*socket_only = false;
+	if (!s || !*s || !strcmp(s, "rings"))
+		return 0;
+	if (!strcmp(s, "socket")) {
+		*socket_only = true;
+		return 0;
+	}
+	return -EINVAL;
+}
+
 /* Maps the errno of a failed socket() or connect() to a KVC_E* code. */
 static int connect_error(int err)
 {
@@ -343,7 +362,7 @@ static void conn_free(struct kvc_conn *conn)
  * On failure *out is NULL and, since no connection is left to hold a
  * message, errno says what failed: the connect() error (ENOENT for a
  * missing socket, ECONNREFUSED when no daemon listens), EINVAL for a bad
- * KVCHAIN_TIMEOUT_MS, or EPROTO when Hello went wrong.
+ * KVCHAIN_TIMEOUT_MS or KVCHAIN_TRANSPORT, or EPROTO when Hello went wrong.
  * NOTE: the daemon's message for a rejected Hello is lost with the
  * connection; only its code comes back.
  */
@@ -372,7 +391,8 @@ KVC_API int kvc_connect(const char *path, const char *client_name,
 		errno = ENOMEM;
 		return KVC_ENOMEM;
 	}
-	if (timeout_from_env(&conn->timeout_ms) < 0) {
+	if (timeout_from_env(&conn->timeout_ms) < 0 ||
+	    transport_from_env(&conn->socket_only) < 0) {
 		err = EINVAL;
 		rc = KVC_EINVAL;
 		goto out_free;
@@ -570,7 +590,7 @@ int kvc__send(struct kvc_conn *conn, Kvchain__Request *req, bool *via_socket)
 	kvchain__request__pack(req, buf);
 	*via_socket = false;
 	rc = -EMSGSIZE;
-	if (len <= conn->req.max_message)
+	if (len <= conn->req.max_message && !conn->socket_only)
 		rc = send_ring(conn, buf, (uint32_t)len);
 	if (rc == -EMSGSIZE) {
 		*via_socket = true;

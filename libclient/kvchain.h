@@ -60,6 +60,10 @@ typedef struct kvc_conn kvc_conn;
  * $KVCHAIN_SOCKET, else $XDG_RUNTIME_DIR/kvchain/kvchaind.sock for a user
  * other than root, else /run/kvchain/kvchaind.sock. Says Hello and maps
  * the shared rings. @client_name appears in the daemon's log (may be NULL).
+ * Setting KVCHAIN_TRANSPORT=socket sends every request of the connection
+ * over the socket instead of the rings (the daemon answers the same way);
+ * it exists for benchmarks. Any value but "socket", "rings"
+ * or empty fails with KVC_EINVAL.
  */
 int kvc_connect(const char *path, const char *client_name, kvc_conn **out);
 
