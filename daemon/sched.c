@@ -21,6 +21,7 @@
 #define SCHED_IDLE_WAIT_MS 100	/* longest sleep, for TTL housekeeping */
 #define SCHED_RING_BATCH 64	/* ring messages taken per connection per round */
 #define HOUSEKEEPING_MS 100
+#define SCHED_SPIN_NS 20000	/* spin before sleeping when idle */
 
 uint64_t kvd_now_ms(void)
 {
@@ -219,7 +220,20 @@ static bool rings_pending(const struct kvd_daemon *d)
 static void sleep_on_doorbell(struct kvd_daemon *d, int timeout_ms)
 {
 	uint32_t seen = atomic_load(&d->doorbell->counter);
+	uint64_t start = kvc_now_ns();
 	bool work;
+
+	/*
+	 * Spin a little first: a client that sends its next request within
+	 * SCHED_SPIN_NS is served without the futex sleep and its wake-up,
+	 * which cost more than the request itself.
+	 */
+	while (kvc_now_ns() - start < SCHED_SPIN_NS) {
+		if (rings_pending(d) ||
+		    atomic_load(&d->doorbell->counter) != seen)
+			return;
+		kvc_cpu_relax();
+	}
 
 	set_sleeping(d, 1);
 	atomic_thread_fence(memory_order_seq_cst);

@@ -29,6 +29,7 @@
 #define MAX_PASSED_FDS 8	/* received at most; only the first two are kept */
 #define RING_WAIT_SLICE_MS 50	/* between looks at the socket for hang-ups */
 #define SOCKET_WAIT_SLICE_MS 1000
+#define CLIENT_SPIN_NS 20000	/* spin on the completion ring before sleeping */
 
 /* The daemon's message limit is a configured value; larger is hostile. */
 #define SOCK_MAX_LIMIT (1u << 30)
@@ -611,14 +612,22 @@ int kvc__send(struct kvc_conn *conn, Kvchain__Request *req, bool *via_socket)
  */
 static int next_message(struct kvc_conn *conn, bool via_socket, int wait_ms)
 {
+	bool spun = false;
 	int n;
 
+again:
 	n = kvc_ring_read(&conn->cpl, conn->rbuf);
 	if (n < 0)
 		return kvc__fail(conn, KVC_EPROTO,
 				 "the daemon wrote an invalid length into the completion ring");
 	if (n > 0)
 		return n;
+	/* a reply that is microseconds away needs no system call */
+	if (!via_socket && !spun) {
+		spun = true;
+		if (kvc_ring_spin(&conn->cpl, CLIENT_SPIN_NS))
+			goto again;
+	}
 	/* also notices a hang-up, so a dead daemon is not waited for */
 	n = poll_socket(conn, 0);
 	if (n != 0)

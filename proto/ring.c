@@ -154,6 +154,39 @@ int kvc_ring_read(struct kvc_ring *r, void *buf)
 	}
 }
 
+void kvc_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield");
+#endif
+}
+
+uint64_t kvc_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool kvc_ring_spin(const struct kvc_ring *r, uint64_t max_ns)
+{
+	uint64_t start = kvc_now_ns();
+	unsigned i;
+
+	for (;;) {
+		for (i = 0; i < 64; i++) {
+			if (kvc_ring_pending(r))
+				return true;
+			kvc_cpu_relax();
+		}
+		if (kvc_now_ns() - start >= max_ns)
+			return kvc_ring_pending(r);
+	}
+}
+
 bool kvc_ring_consumer_sleeping(const struct kvc_ring *r)
 {
 	/* Full barrier: our head store must be visible before we read the

@@ -101,6 +101,19 @@ int kvc_ring_read(struct kvc_ring *ring, void *buf);
 /* Returns true if a message is waiting. */
 bool kvc_ring_pending(const struct kvc_ring *ring);
 
+/*
+ * Spins for up to @max_ns nanoseconds until a message is waiting. Returns
+ * true if one is. A short spin before kvc_ring_wait saves the futex sleep
+ * and wake-up when the reply is microseconds away.
+ */
+bool kvc_ring_spin(const struct kvc_ring *ring, uint64_t max_ns);
+
+/* Pauses the CPU briefly inside a spin loop. */
+void kvc_cpu_relax(void);
+
+/* Returns a monotonic time in nanoseconds. */
+uint64_t kvc_now_ns(void);
+
 /* Returns true if the consumer announced it may sleep. */
 bool kvc_ring_consumer_sleeping(const struct kvc_ring *ring);
 
