@@ -4,6 +4,8 @@
  * flags, then builds the model, KV arena and store, thread pool, engine,
  * control socket and scheduler thread. The event loop runs on this thread
  * until SIGTERM or SIGINT, and then everything stops cleanly (exit 0).
+ * Under systemd it takes a passed socket, reports readiness, and reloads
+ * on SIGHUP (see notify.h).
  */
 #include "config.h"
 
@@ -12,11 +14,14 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -24,6 +29,7 @@
 #include "log.h"
 #include "loop.h"
 #include "model.h"
+#include "notify.h"
 #include "segment.h"
 
 static void usage(FILE *fp)
@@ -31,7 +37,8 @@ static void usage(FILE *fp)
 	fprintf(fp,
 		"Usage: kvchaind [options]\n"
 		"Serves KV-cache segments of one model to chain stages (see kvchaind(8)).\n"
-		"Runs in the foreground and logs to stderr; stops on SIGTERM or SIGINT.\n"
+		"Runs in the foreground and logs to stderr; stops on SIGTERM or SIGINT,\n"
+		"reloads log_level, segment_ttl_seconds and the per-uid limits on SIGHUP.\n"
 		"\n"
 		"  -c, --config FILE       settings file (default " KVD_DEFAULT_CONFIG
 		" if it exists)\n"
@@ -270,31 +277,134 @@ static void stop_engine(struct kvd_daemon *d)
 		model_free(d->model);
 }
 
-/* Blocks the stop signals in every thread and returns a signalfd. */
+/*
+ * Blocks the stop signals and SIGHUP in every thread and returns a signalfd
+ * of the stop signals; the supervisor thread reads SIGHUP from its own.
+ */
 static int stop_signals(void)
 {
-	sigset_t set;
+	sigset_t set, blocked;
 
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL))
+	blocked = set;
+	sigaddset(&blocked, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &blocked, NULL))
 		return -EINVAL;
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
-static int serve(struct kvd_daemon *d, int stop_fd)
+/* What the loop handlers and a reload need besides the daemon. */
+struct run_state {
+	struct kvd_daemon *d;
+	struct kvd_supervisor *sup;
+	bool socket_passed;	/* the service manager owns the socket's path */
+	int argc;
+	char **argv;
+};
+
+static void on_accept(void *arg, int fd)
 {
+	struct run_state *rs = arg;
+
+	kvd_on_accept(rs->d, fd);
+}
+
+static void on_message(void *arg, void *tag, const void *msg, size_t len,
+		       size_t full_len)
+{
+	struct run_state *rs = arg;
+
+	if (kvd_supervisor_is_tick(rs->sup, tag))
+		return;
+	kvd_on_message(rs->d, tag, msg, len, full_len);
+}
+
+static void on_hangup(void *arg, void *tag, int err)
+{
+	struct run_state *rs = arg;
+
+	if (rs->sup && tag == rs->sup) {
+		kvd_log(KVD_LOG_ERROR, "the watchdog tick channel closed (%s); no more keep-alives",
+			strerror(-err));
+		return;
+	}
+	kvd_on_hangup(rs->d, tag, err);
+}
+
+/* Reads the file and the flags again, for the supervisor's SIGHUP. */
+static int reload_settings(struct kvd_config *cfg, void *arg)
+{
+	struct run_state *rs = arg;
+
+	optind = 0;	/* GNU getopt: start a new scan */
+	return load_settings(cfg, rs->argc, rs->argv);
+}
+
+/*
+ * Takes the listening socket a service manager passed (socket
+ * activation), if any, in place of binding one.
+ */
+static int take_passed_socket(struct kvd_daemon *d, char **owned,
+			      bool *passed)
+{
+	struct sockaddr_un addr;
+	socklen_t len = sizeof(addr);
+	size_t name_len = 0;
+	char err[256], *path;
+	int fd, flags, rc;
+
+	*passed = false;
+	rc = kvd_take_listen_fd(&fd, err, sizeof(err));
+	if (rc) {
+		kvd_log(KVD_LOG_ERROR, "%s", err);
+		return rc;
+	}
+	if (fd < 0)
+		return 0;
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK)) {
+		rc = -errno;
+		kvd_log(KVD_LOG_ERROR, "cannot make the passed socket non-blocking: %m");
+		close(fd);
+		return rc;
+	}
+	memset(&addr, 0, sizeof(addr));
+	if (!getsockname(fd, (struct sockaddr *)&addr, &len) &&
+	    len > offsetof(struct sockaddr_un, sun_path))
+		name_len = strnlen(addr.sun_path,
+				   len - offsetof(struct sockaddr_un, sun_path));
+	path = name_len ? strndup(addr.sun_path, name_len) :
+			  strdup("(an unnamed passed socket)");
+	if (!path) {
+		close(fd);
+		return -ENOMEM;
+	}
+	if (d->cfg.socket && strcmp(d->cfg.socket, path))
+		kvd_log(KVD_LOG_INFO, "serving on the socket the service manager passed, %s; the socket setting %s is not used",
+			path, d->cfg.socket);
+	free(*owned);
+	*owned = path;
+	d->socket_path = path;
+	d->listen_fd = fd;
+	*passed = true;
+	return 0;
+}
+
+static int serve(struct run_state *rs, int stop_fd)
+{
+	struct kvd_daemon *d = rs->d;
 	struct kvd_loop_params params = {
 		.listen_fd = d->listen_fd,
 		.stop_fd = stop_fd,
 		.max_message = kvd_max_message(d),
 		.handler = {
-			.accept = kvd_on_accept,
-			.message = kvd_on_message,
-			.hangup = kvd_on_hangup,
-			.arg = d,
+			.accept = on_accept,
+			.message = on_message,
+			.hangup = on_hangup,
+			.arg = rs,
 		},
 	};
 	struct signalfd_siginfo si;
@@ -307,39 +417,59 @@ static int serve(struct kvd_daemon *d, int stop_fd)
 		kvd_log(KVD_LOG_ERROR, "%s", err);
 		return rc;
 	}
+	rc = kvd_supervisor_start(d, reload_settings, rs, &rs->sup);
+	if (!rc)
+		rc = kvd_loop_watch(d->loop, kvd_supervisor_tick_fd(rs->sup),
+				    rs->sup);
+	if (rc) {
+		kvd_log(KVD_LOG_ERROR, "cannot start the supervisor thread: %s",
+			strerror(-rc));
+		goto out_destroy_loop;
+	}
 	rc = kvd_sched_start(d);
 	if (rc) {
 		kvd_log(KVD_LOG_ERROR, "cannot start the scheduler: %s",
 			strerror(-rc));
 		goto out_destroy_loop;
 	}
-	kvd_log(KVD_LOG_INFO, "started: model %s, socket %s, %s event loop, n_ctx %" PRIu32 ", %" PRIu32 " threads",
-		d->model_name, d->socket_path, d->loop->ops->name, d->n_ctx,
-		d->cfg.threads);
+	kvd_log(KVD_LOG_INFO, "started: model %s, socket %s%s, %s event loop, n_ctx %" PRIu32 ", %" PRIu32 " threads",
+		d->model_name, d->socket_path,
+		rs->socket_passed ? " (passed by the service manager)" : "",
+		d->loop->ops->name, d->n_ctx, d->cfg.threads);
+	/* The socket listens and the loop is armed: clients can be served. */
+	kvd_notify("READY=1\nSTATUS=serving model %s on %s", d->model_name,
+		   d->socket_path);
 	rc = kvd_loop_run(d->loop);
 	if (rc)
 		kvd_log(KVD_LOG_ERROR, "event loop failed: %s", strerror(-rc));
 	if (read(stop_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 		kvd_log(KVD_LOG_INFO, "stopping on signal %u", si.ssi_signo);
+	kvd_notify("STOPPING=1\nSTATUS=stopping");
 
 	/* stop accepting, then let the scheduler cancel what runs */
 	close(d->listen_fd);
 	d->listen_fd = -1;
-	unlink(d->socket_path);
+	if (!rs->socket_passed)
+		unlink(d->socket_path);
 	kvd_loop_destroy(d->loop);
 	d->loop = NULL;
 	kvd_sched_stop(d);
+	kvd_supervisor_stop(rs->sup);
+	rs->sup = NULL;
 	return rc;
 
 out_destroy_loop:
 	kvd_loop_destroy(d->loop);
 	d->loop = NULL;
+	kvd_supervisor_stop(rs->sup);
+	rs->sup = NULL;
 	return rc;
 }
 
 int main(int argc, char **argv)
 {
 	struct kvd_daemon d;
+	struct run_state rs = { .d = &d, .argc = argc, .argv = argv };
 	char *socket_owned = NULL, err[256];
 	int stop_fd, rc;
 
@@ -357,6 +487,8 @@ int main(int argc, char **argv)
 		goto out_free_config;
 	kvd_log_set_level(d.cfg.log_level);
 	rc = default_socket(&d, &socket_owned);
+	if (!rc)
+		rc = take_passed_socket(&d, &socket_owned, &rs.socket_passed);
 	if (rc)
 		goto out_free_config;
 	stop_fd = stop_signals();
@@ -366,6 +498,7 @@ int main(int argc, char **argv)
 		goto out_free_config;
 	}
 	kvd_service_init(&d);
+	kvd_notify("STATUS=loading model %s", d.cfg.model);
 	rc = start_engine(&d);
 	if (rc)
 		goto out_stop_engine;
@@ -375,15 +508,19 @@ int main(int argc, char **argv)
 			strerror(-rc));
 		goto out_free_doorbell;
 	}
-	rc = kvd_listen(&d, err, sizeof(err));
-	if (rc) {
-		kvd_log(KVD_LOG_ERROR, "%s", err);
-		goto out_free_doorbell;
+	if (!rs.socket_passed) {
+		rc = kvd_listen(&d, err, sizeof(err));
+		if (rc) {
+			kvd_log(KVD_LOG_ERROR, "%s", err);
+			goto out_free_doorbell;
+		}
 	}
-	rc = serve(&d, stop_fd);
+	rc = serve(&rs, stop_fd);
 	if (d.listen_fd >= 0) {
 		close(d.listen_fd);
-		unlink(d.socket_path);
+		d.listen_fd = -1;
+		if (!rs.socket_passed)
+			unlink(d.socket_path);
 	}
 
 out_free_doorbell:
@@ -392,6 +529,8 @@ out_stop_engine:
 	stop_engine(&d);
 	close(stop_fd);
 out_free_config:
+	if (d.listen_fd >= 0 && rs.socket_passed)
+		close(d.listen_fd);
 	free(socket_owned);
 	kvd_config_free(&d.cfg);
 	if (!rc)

@@ -5,7 +5,7 @@ set -eu
 
 packages="build-essential autoconf automake libtool pkg-config liburing-dev libnuma-dev
 libprotobuf-c-dev protobuf-c-compiler libcunit1-dev libpcre2-dev
-libutf8proc-dev libjansson-dev"
+libutf8proc-dev libjansson-dev libsystemd-dev groff-base python3"
 
 missing=""
 for p in $packages; do
