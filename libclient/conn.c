@@ -294,13 +294,32 @@ static int hello(struct kvc_conn *conn, const char *client_name)
 		return kvc__fail(conn, KVC_ENOMEM, "out of memory for Hello");
 	kvchain__request__pack(&req, buf);
 	if (send(conn->fd, buf, len, MSG_NOSIGNAL) != (ssize_t)len) {
+		int err = errno;
+
+		/*
+		 * A daemon that rejects this peer sends its reason and closes
+		 * at once, often before our Hello arrives: read the reason.
+		 * Linux reports the reset on the first receive and the queued
+		 * reply on the next, so try twice.
+		 */
+		n = recv_with_fds(conn, buf, HELLO_REPLY_MAX, fds, &n_fds, 100);
+		if (n < 0)
+			n = recv_with_fds(conn, buf, HELLO_REPLY_MAX, fds,
+					  &n_fds, 100);
+		reply = n > 0 ? kvchain__reply__unpack(NULL, (size_t)n, buf) : NULL;
+		if (reply && reply->error < 0) {
+			rc = kvc__reply_error(conn, reply);
+			goto out_free_reply;
+		}
 		rc = kvc__fail(conn, KVC_EIO, "sending Hello failed: %s",
-			       strerror(errno));
-		goto out_free_buf;
+			       strerror(err));
+		goto out_free_reply;
 	}
 
 	n = recv_with_fds(conn, buf, HELLO_REPLY_MAX, fds, &n_fds,
 			  conn->timeout_ms);
+	if (n == KVC_EIO)	/* a reset may come before a queued reply */
+		n = recv_with_fds(conn, buf, HELLO_REPLY_MAX, fds, &n_fds, 100);
 	if (n < 0) {
 		rc = n;
 		goto out_free_buf;
