@@ -17,12 +17,12 @@
  * the next step depends on (prompt rows, moments, step, random state), so
  * --resume after a kill gives the same prompts as an uninterrupted run.
  *
- * NOTE: not here yet: pretrain mode (weight gradients, to build the demo
- * base model; the training pass computes no weight gradients); the tag
- * tokens <reasoning>, </reasoning>, <memory>, </memory> of multi-round
- * chains, whose embedding and output rows the paper trains (outputs here
- * end with EOS instead); the paper's own framing of earlier outputs
- * ("O_A text + \n") as an option; several sequences per forward pass.
+ * NOTE: not here yet: the tag tokens <reasoning>, </reasoning>, <memory>,
+ * </memory> of multi-round chains, whose embedding and output rows the
+ * paper trains (outputs here end with EOS instead); the paper's own
+ * framing of earlier outputs ("O_A text + \n") as an option; several
+ * sequences per forward pass. Pretrain mode, which builds the demo base
+ * model, is kvchain-tune pretrain (tune/pretrain-cmd.c).
  */
 #include "config.h"
 

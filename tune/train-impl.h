@@ -4,11 +4,12 @@
  * train-f32.c with real_t = float and by train-f64.c with real_t = double
  * (see tune/train.h). Not a header to include anywhere else.
  *
- * The forward pass keeps only the residual stream at the input of every
- * layer. The backward pass recomputes one layer's activations from it
- * before going back through that layer (gradient checkpointing per layer).
- * So only one layer's activations are in memory at a time, for the price
- * of one more forward pass.
+ * The forward pass keeps the residual stream at the input of every layer,
+ * and every layer's activations when they fit in tune_keep_acts_bytes.
+ * When they do not, the backward pass recomputes one layer's activations
+ * from its input before going back through that layer (gradient
+ * checkpointing per layer). Then only one layer's activations are in
+ * memory at a time, for the price of one more forward pass.
  */
 #include "config.h"
 
@@ -35,6 +36,10 @@ typedef double real_t;
 
 /* Vocabulary rows of the output head dequantised at a time. */
 #define HEAD_CHUNK 1024
+
+/* Weight rows a thread dequantises before writing their transpose. */
+#define LOAD_BLOCK 16
+
 
 /* ==== Operations ====================================================== */
 
@@ -96,6 +101,47 @@ OP void tune_rope(const struct kern_rope *rope, real_t *x, uint32_t n_heads,
 	}
 }
 
+#if defined(TUNE_REAL_F32)
+/*
+ * Eight partial sums in a GCC vector, which the compiler maps to the
+ * widest SIMD the build targets. A plain loop would stay scalar, because
+ * reordering a float sum is not allowed without -ffast-math.
+ */
+typedef float vec8 __attribute__((vector_size(32)));
+
+static real_t dot(const real_t *a, const real_t *b, uint32_t n)
+{
+	vec8 acc = { 0 }, x, y;
+	real_t s;
+	uint32_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		memcpy(&x, a + i, sizeof(x));
+		memcpy(&y, b + i, sizeof(y));
+		acc += x * y;
+	}
+	s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) +
+	    ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+static void axpy(real_t *y, real_t a, const real_t *x, uint32_t n)
+{
+	vec8 vy, vx;
+	uint32_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		memcpy(&vy, y + i, sizeof(vy));
+		memcpy(&vx, x + i, sizeof(vx));
+		vy += a * vx;
+		memcpy(y + i, &vy, sizeof(vy));
+	}
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+#else
 static real_t dot(const real_t *a, const real_t *b, uint32_t n)
 {
 	real_t s = 0;
@@ -113,6 +159,7 @@ static void axpy(real_t *y, real_t a, const real_t *x, uint32_t n)
 	for (i = 0; i < n; i++)
 		y[i] += a * x[i];
 }
+#endif
 
 /* Writes into @p the scores of every key position @pos reads, in order. */
 static uint32_t scores(const struct tune_att_dims *dims,
@@ -367,7 +414,9 @@ struct core {
 	real_t *head_z;		/* (max_len, HEAD_CHUNK) */
 	real_t *x;		/* (n_layers + 1, max_len, d_model) layer inputs,
 				 * the last one the final residual */
-	struct layer_acts acts;
+	struct layer_acts acts;	/* the layer being run: saved[li] or own */
+	struct layer_acts *saved; /* (n_layers) every layer's, or NULL */
+	real_t *head_xn;	/* (max_len, d_model) final rmsnorm output */
 	real_t *xout;		/* (max_len, d_model) a recomputed layer output */
 	real_t *dx;		/* (max_len, d_model) */
 	real_t *dxn;		/* (max_len, d_model) */
@@ -380,8 +429,15 @@ struct core {
 	real_t *dk;		/* (max_len, kv_dim) */
 	real_t *dv;		/* (max_len, kv_dim) */
 	real_t *scratch;	/* (n_threads, 2 * max_len) */
-	float *row;		/* (max(d_model, d_ff)) one dequantised row */
+	float *row;		/* (max_row) one dequantised row */
+	uint32_t max_row;	/* max(d_model, d_ff) */
+	float *load_buf;	/* (n_threads, LOAD_BLOCK, max_row) */
 	int32_t *target;	/* (max_len) token position p predicts, or -1 */
+	int32_t *token;		/* (max_len) token fed at p, -1 in a prompt */
+	/* weight gradients only, allocated on first use */
+	real_t *wg_dyt;		/* (max_dim, max_len) dy transposed */
+	real_t *wg_xt;		/* (max_dim, max_len) x transposed */
+	real_t *wg_prod;	/* (largest weight) one product dy^T x */
 	double *row_lse;	/* (max_len) log-sum-exp of p's logits */
 	uint32_t *loss_pos;	/* (max_len) positions that predict a token */
 	uint32_t n_loss;
@@ -399,19 +455,8 @@ static real_t *alloc_real(size_t n)
 	return malloc((n ? n : 1) * sizeof(real_t));
 }
 
-void CORE(free)(void *arg)
+static void free_acts(struct layer_acts *a)
 {
-	struct core *c = arg;
-	struct layer_acts *a;
-	int i;
-
-	if (!c)
-		return;
-	for (i = 0; i < 7; i++) {
-		free(c->lw.w[i]);
-		free(c->lw.wt[i]);
-	}
-	a = &c->acts;
 	free(a->xn);
 	free(a->q);
 	free(a->k);
@@ -424,6 +469,59 @@ void CORE(free)(void *arg)
 	free(a->u);
 	free(a->a);
 	free(a->proj);
+}
+
+/* Returns the values of one layer's activations per position. */
+static size_t acts_per_pos(const struct model_config *cfg)
+{
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+
+	return 4 * (size_t)cfg->d_model + 2 * q_dim + 2 * kv_dim +
+	       cfg->n_heads + 3 * (size_t)cfg->d_ff;
+}
+
+/* Allocates one layer's activations for @len positions; false if short. */
+static bool alloc_acts(struct layer_acts *a, const struct model_config *cfg,
+		       size_t len)
+{
+	size_t d = cfg->d_model, ff = cfg->d_ff;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
+
+	*a = (struct layer_acts){
+		.xn = alloc_real(len * d), .q = alloc_real(len * q_dim),
+		.k = alloc_real(len * kv_dim), .v = alloc_real(len * kv_dim),
+		.o = alloc_real(len * q_dim),
+		.lse = alloc_real(len * cfg->n_heads),
+		.xmid = alloc_real(len * d), .xn2 = alloc_real(len * d),
+		.g = alloc_real(len * ff), .u = alloc_real(len * ff),
+		.a = alloc_real(len * ff), .proj = alloc_real(len * d),
+	};
+	return a->xn && a->q && a->k && a->v && a->o && a->lse && a->xmid &&
+	       a->xn2 && a->g && a->u && a->a && a->proj;
+}
+
+void CORE(free)(void *arg)
+{
+	struct core *c = arg;
+	uint32_t li;
+	int i;
+
+	if (!c)
+		return;
+	for (i = 0; i < 7; i++) {
+		free(c->lw.w[i]);
+		free(c->lw.wt[i]);
+	}
+	if (c->saved) {
+		for (li = 0; li < c->model->cfg.n_layers; li++)
+			free_acts(&c->saved[li]);
+		free(c->saved);
+	} else {
+		free_acts(&c->acts);
+	}
+	free(c->head_xn);
 	free(c->head_w);
 	free(c->head_wt);
 	free(c->head_z);
@@ -441,7 +539,12 @@ void CORE(free)(void *arg)
 	free(c->dv);
 	free(c->scratch);
 	free(c->row);
+	free(c->load_buf);
 	free(c->target);
+	free(c->token);
+	free(c->wg_dyt);
+	free(c->wg_xt);
+	free(c->wg_prod);
 	free(c->row_lse);
 	free(c->loss_pos);
 	tune_runs_free(&c->runs);
@@ -470,6 +573,7 @@ void *CORE(create)(const struct model *model, struct kern_pool *pool,
 	size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim;
 	struct core *c;
 	bool ok = true;
+	uint32_t li;
 	int i;
 
 	c = calloc(1, sizeof(*c));
@@ -495,15 +599,16 @@ void *CORE(create)(const struct model *model, struct kern_pool *pool,
 	c->head_wt = alloc_real(HEAD_CHUNK * d);
 	c->head_z = alloc_real(HEAD_CHUNK * len);
 	c->x = alloc_real((cfg->n_layers + 1) * len * d);
-	c->acts = (struct layer_acts){
-		.xn = alloc_real(len * d), .q = alloc_real(len * q_dim),
-		.k = alloc_real(len * kv_dim), .v = alloc_real(len * kv_dim),
-		.o = alloc_real(len * q_dim),
-		.lse = alloc_real(len * cfg->n_heads),
-		.xmid = alloc_real(len * d), .xn2 = alloc_real(len * d),
-		.g = alloc_real(len * ff), .u = alloc_real(len * ff),
-		.a = alloc_real(len * ff), .proj = alloc_real(len * d),
-	};
+	if (acts_per_pos(cfg) * len * sizeof(real_t) * cfg->n_layers <=
+	    tune_keep_acts_bytes && cfg->n_layers > 0) {
+		c->saved = calloc(cfg->n_layers, sizeof(*c->saved));
+		ok = ok && c->saved;
+		for (li = 0; ok && li < cfg->n_layers; li++)
+			ok = alloc_acts(&c->saved[li], cfg, len);
+	} else {
+		ok = ok && alloc_acts(&c->acts, cfg, len);
+	}
+	c->head_xn = alloc_real(len * d);
 	c->xout = alloc_real(len * d);
 	c->dx = alloc_real(len * d);
 	c->dxn = alloc_real(len * d);
@@ -516,16 +621,18 @@ void *CORE(create)(const struct model *model, struct kern_pool *pool,
 	c->dk = alloc_real(len * kv_dim);
 	c->dv = alloc_real(len * kv_dim);
 	c->scratch = alloc_real(c->n_threads * 2 * len);
-	c->row = malloc((d > ff ? d : ff) * sizeof(float));
+	c->max_row = (uint32_t)(d > ff ? d : ff);
+	c->row = malloc(c->max_row * sizeof(float));
+	c->load_buf = malloc((size_t)c->n_threads * LOAD_BLOCK * c->max_row *
+			     sizeof(float));
 	c->target = malloc(len * sizeof(int32_t));
+	c->token = malloc(len * sizeof(int32_t));
 	c->row_lse = malloc(len * sizeof(double));
 	c->loss_pos = malloc(len * sizeof(uint32_t));
 	ok = ok && c->head_w && c->head_wt && c->head_z && c->x &&
-	     c->acts.xn && c->acts.q && c->acts.k && c->acts.v && c->acts.o &&
-	     c->acts.lse && c->acts.xmid && c->acts.xn2 && c->acts.g &&
-	     c->acts.u && c->acts.a && c->acts.proj && c->xout && c->dx &&
+	     c->head_xn && c->xout && c->dx &&
 	     c->dxn && c->dtmp && c->da && c->dg && c->du && c->d_o &&
-	     c->dq && c->dk && c->dv && c->scratch && c->row && c->target &&
+	     c->dq && c->dk && c->dv && c->scratch && c->row && c->load_buf && c->target && c->token &&
 	     c->row_lse && c->loss_pos;
 	if (!ok) {
 		CORE(free)(c);
@@ -534,38 +641,167 @@ void *CORE(create)(const struct model *model, struct kern_pool *pool,
 	return c;
 }
 
-/* Dequantises rows [r0, r0 + n) of @mm into @w, and transposed into @wt. */
-static void load_rows(struct core *c, const struct model_matrix *mm,
-		      uint32_t r0, uint32_t n, real_t *w, real_t *wt)
+struct load_task {
+	struct core *c;
+	const struct model_matrix *mm;
+	uint32_t r0;
+	uint32_t n;
+	real_t *w;
+	real_t *wt;
+};
+
+/*
+ * Dequantises a share of the rows of a load_task, LOAD_BLOCK rows at a
+ * time, so the transpose writes LOAD_BLOCK consecutive values per column.
+ */
+static void load_worker(void *arg, int ith, int nth)
 {
+	struct load_task *t = arg;
+	const struct model_matrix *mm = t->mm;
 	size_t row_bytes = kern_row_bytes(mm->type, mm->n_in);
-	uint32_t r, i;
+	uint32_t n_blocks = (t->n + LOAD_BLOCK - 1) / LOAD_BLOCK;
+	uint32_t b0 = (uint32_t)((uint64_t)n_blocks * ith / nth);
+	uint32_t b1 = (uint32_t)((uint64_t)n_blocks * (ith + 1) / nth);
+	float *buf = t->c->load_buf + (size_t)ith * LOAD_BLOCK * t->c->max_row;
+	uint32_t b, k, i;
 
-	for (r = 0; r < n; r++) {
-		const uint8_t *src = (const uint8_t *)mm->data +
-				     (size_t)(r0 + r) * row_bytes;
-		real_t *dst = w + (size_t)r * mm->n_in;
+	for (b = b0; b < b1; b++) {
+		uint32_t first = b * LOAD_BLOCK;
+		uint32_t cnt = t->n - first < LOAD_BLOCK ? t->n - first :
+			       LOAD_BLOCK;
 
-		kern_dequantize_row(mm->type, src, c->row, mm->n_in);
-		for (i = 0; i < mm->n_in; i++)
-			dst[i] = c->row[i];
-		if (wt)
+		for (k = 0; k < cnt; k++) {
+			const float *row = buf + (size_t)k * mm->n_in;
+			real_t *dst;
+
+			kern_dequantize_row(mm->type, (const uint8_t *)mm->data +
+					    (size_t)(t->r0 + first + k) *
+					    row_bytes, buf + (size_t)k * mm->n_in,
+					    mm->n_in);
+			if (!t->w)
+				continue;
+			dst = t->w + (size_t)(first + k) * mm->n_in;
 			for (i = 0; i < mm->n_in; i++)
-				wt[(size_t)i * n + r] = c->row[i];
+				dst[i] = row[i];
+		}
+		for (i = 0; t->wt && i < mm->n_in; i++) {
+			real_t *dst = t->wt + (size_t)i * t->n + first;
+
+			for (k = 0; k < cnt; k++)
+				dst[k] = buf[(size_t)k * mm->n_in + i];
+		}
 	}
 }
 
-/* Dequantises the weights of layer @li, with their transposes if @back. */
-static void load_layer(struct core *c, uint32_t li, bool back)
+/*
+ * Dequantises rows [r0, r0 + n) of @mm into @w and transposed into @wt,
+ * either of which may be NULL, on the pool's threads.
+ */
+static void load_rows(struct core *c, const struct model_matrix *mm,
+		      uint32_t r0, uint32_t n, real_t *w, real_t *wt)
+{
+	struct load_task task = {
+		.c = c, .mm = mm, .r0 = r0, .n = n, .w = w, .wt = wt,
+	};
+
+	kern_pool_run(c->pool, load_worker, &task);
+}
+
+/* Dequantises the weights of layer @li, the matrices or their transposes. */
+static void load_layer(struct core *c, uint32_t li, bool w, bool wt)
 {
 	int i;
 
 	for (i = 0; i < 7; i++) {
 		const struct model_matrix *mm = layer_matrix(c->model, li, i);
 
-		load_rows(c, mm, 0, mm->n_out, c->lw.w[i],
-			  back ? c->lw.wt[i] : NULL);
+		load_rows(c, mm, 0, mm->n_out, w ? c->lw.w[i] : NULL,
+			  wt ? c->lw.wt[i] : NULL);
 	}
+}
+
+/* ==== Weight gradients ================================================ */
+
+/* Writes the (cols, rows) transpose of the (rows, cols) matrix @src. */
+static void transpose(real_t *dst, const real_t *src, uint32_t rows,
+		      uint32_t cols)
+{
+	uint32_t r, k;
+
+	for (r = 0; r < rows; r++)
+		for (k = 0; k < cols; k++)
+			dst[(size_t)k * rows + r] = src[(size_t)r * cols + k];
+}
+
+static size_t max_size(size_t a, size_t b)
+{
+	return a > b ? a : b;
+}
+
+/* Allocates the buffers of weight gradients unless they exist. */
+static int wg_alloc(struct core *c)
+{
+	const struct model_config *cfg = &c->model->cfg;
+	size_t d = cfg->d_model, ff = cfg->d_ff;
+	size_t q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+	/* kv_dim <= q_dim, so these bound every n_in and n_out */
+	size_t dim = max_size(max_size(d, ff), max_size(q_dim, HEAD_CHUNK));
+	size_t prod = max_size(max_size(q_dim, ff), HEAD_CHUNK) * d;
+
+	if (c->wg_prod)
+		return 0;
+	c->wg_dyt = alloc_real(dim * c->max_len);
+	c->wg_xt = alloc_real(dim * c->max_len);
+	c->wg_prod = alloc_real(prod);
+	if (c->wg_dyt && c->wg_xt && c->wg_prod)
+		return 0;
+	free(c->wg_dyt);
+	free(c->wg_xt);
+	free(c->wg_prod);
+	c->wg_dyt = c->wg_xt = c->wg_prod = NULL;
+	return -ENOMEM;
+}
+
+/*
+ * Adds to @gw (n_out, n_in) the gradient dy^T x of y = x W^T over @n_tok
+ * rows, for dy (n_tok, n_out) and x (n_tok, n_in).
+ */
+static void weight_grad(struct core *c, double *gw, const real_t *dy,
+			const real_t *x, uint32_t n_in, uint32_t n_out,
+			uint32_t n_tok)
+{
+	size_t i, n = (size_t)n_in * n_out;
+
+	transpose(c->wg_dyt, dy, n_tok, n_out);
+	transpose(c->wg_xt, x, n_tok, n_in);
+	matmul(c->pool, c->wg_prod, c->wg_xt, c->wg_dyt, n_tok, n_in, n_out);
+	for (i = 0; i < n; i++)
+		gw[i] += c->wg_prod[i];
+}
+
+/* Adds to @gb (n) the bias gradient: dy (n_tok, n) summed over rows. */
+static void bias_grad(double *gb, const real_t *dy, uint32_t n,
+		      uint32_t n_tok)
+{
+	uint32_t t, i;
+
+	for (t = 0; t < n_tok; t++)
+		for (i = 0; i < n; i++)
+			gb[i] += dy[(size_t)t * n + i];
+}
+
+/* Adds to @gw the gradient of rmsnorm's weight at row @x: dy_i x_i r. */
+static void norm_weight_grad(double *gw, const real_t *x, const real_t *dy,
+			     uint32_t n, double eps)
+{
+	double ss = 0.0, r;
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	r = 1.0 / sqrt(ss / n + eps);
+	for (i = 0; i < n; i++)
+		gw[i] += (double)dy[i] * x[i] * r;
 }
 
 struct att_task {
@@ -666,9 +902,11 @@ static void layer_forward(struct core *c, uint32_t li, const real_t *x,
 /*
  * Turns c->dx, the gradient of layer @li's output, into the gradient of
  * its input. c->acts must hold the layer's activations from @x, and the
- * weights and their transposes must be loaded.
+ * weights and their transposes must be loaded. Adds the gradients of the
+ * layer's weights into @lg unless it is NULL.
  */
-static void layer_backward(struct core *c, uint32_t li, const real_t *x)
+static void layer_backward(struct core *c, uint32_t li, const real_t *x,
+			   const struct tune_layer_grads *lg)
 {
 	const struct model *m = c->model;
 	const struct model_config *cfg = &m->cfg;
@@ -680,9 +918,15 @@ static void layer_backward(struct core *c, uint32_t li, const real_t *x)
 	struct att_task task = { .c = c, .back = true };
 
 	/* down projection, SwiGLU, gate and up projections */
+	if (lg)
+		weight_grad(c, lg->w_down, c->dx, a->a, ff, d, len);
 	tune_linear_backward(c->pool, c->da, c->lw.wt[WD], c->dx, ff, d, len);
 	tune_swiglu_backward(c->dg, c->du, a->g, a->u, c->da,
 			     (size_t)len * ff);
+	if (lg) {
+		weight_grad(c, lg->w_gate, c->dg, a->xn2, d, ff, len);
+		weight_grad(c, lg->w_up, c->du, a->xn2, d, ff, len);
+	}
 	tune_linear_backward(c->pool, c->dxn, c->lw.wt[WG], c->dg, d, ff,
 			     len);
 	tune_linear_backward(c->pool, c->dtmp, c->lw.wt[WU], c->du, d, ff,
@@ -690,12 +934,17 @@ static void layer_backward(struct core *c, uint32_t li, const real_t *x)
 	add(c->dxn, c->dtmp, (size_t)len * d);
 
 	/* feed-forward rmsnorm; the residual passes dx on unchanged */
+	for (t = 0; lg && t < len; t++)
+		norm_weight_grad(lg->ffn_norm, a->xmid + (size_t)t * d,
+				 c->dxn + (size_t)t * d, d, cfg->rms_eps);
 	for (t = 0; t < len; t++)
 		tune_rmsnorm_backward(c->dx + (size_t)t * d,
 				      a->xmid + (size_t)t * d, l->ffn_norm,
 				      c->dxn + (size_t)t * d, d, cfg->rms_eps);
 
 	/* output projection and attention */
+	if (lg)
+		weight_grad(c, lg->wo, c->dx, a->o, q_dim, d, len);
 	tune_linear_backward(c->pool, c->d_o, c->lw.wt[WO], c->dx, q_dim, d,
 			     len);
 	kern_pool_run(c->pool, att_worker, &task);
@@ -707,6 +956,16 @@ static void layer_backward(struct core *c, uint32_t li, const real_t *x)
 		tune_rope(&m->rope, c->dk + (size_t)t * kv_dim,
 			  cfg->n_kv_heads, cfg->head_dim, t, true);
 	}
+	if (lg) {
+		weight_grad(c, lg->wq, c->dq, a->xn, d, q_dim, len);
+		weight_grad(c, lg->wk, c->dk, a->xn, d, kv_dim, len);
+		weight_grad(c, lg->wv, c->dv, a->xn, d, kv_dim, len);
+	}
+	if (lg && lg->bq) {
+		bias_grad(lg->bq, c->dq, q_dim, len);
+		bias_grad(lg->bk, c->dk, kv_dim, len);
+		bias_grad(lg->bv, c->dv, kv_dim, len);
+	}
 	tune_linear_backward(c->pool, c->dxn, c->lw.wt[WQ], c->dq, d, q_dim,
 			     len);
 	tune_linear_backward(c->pool, c->dtmp, c->lw.wt[WK], c->dk, d, kv_dim,
@@ -717,6 +976,9 @@ static void layer_backward(struct core *c, uint32_t li, const real_t *x)
 	add(c->dxn, c->dtmp, (size_t)len * d);
 
 	/* attention rmsnorm */
+	for (t = 0; lg && t < len; t++)
+		norm_weight_grad(lg->attn_norm, x + (size_t)t * d,
+				 c->dxn + (size_t)t * d, d, cfg->rms_eps);
 	for (t = 0; t < len; t++)
 		tune_rmsnorm_backward(c->dx + (size_t)t * d, x + (size_t)t * d,
 				      l->attn_norm, c->dxn + (size_t)t * d, d,
@@ -746,7 +1008,7 @@ static void set_targets(struct core *c, const struct tune_layout *lay)
 			c->loss_pos[c->n_loss++] = j;
 }
 
-/* Writes the final rmsnorm of the residual at positions @pos into c->acts.xn. */
+/* Writes the final rmsnorm of the residual at positions @pos into c->head_xn. */
 static void final_norm(struct core *c, const uint32_t *pos, uint32_t n)
 {
 	const struct model *m = c->model;
@@ -754,7 +1016,7 @@ static void final_norm(struct core *c, const uint32_t *pos, uint32_t n)
 	const real_t *xl = c->x + (size_t)m->cfg.n_layers * c->max_len * d;
 
 	for (r = 0; r < n; r++)
-		tune_rmsnorm_forward(c->acts.xn + (size_t)r * d,
+		tune_rmsnorm_forward(c->head_xn + (size_t)r * d,
 				     xl + (size_t)(pos ? pos[r] : r) * d,
 				     m->output_norm, d, m->cfg.rms_eps);
 }
@@ -779,7 +1041,7 @@ static double head_forward(struct core *c, const uint32_t *pos, uint32_t n,
 	for (v0 = 0; v0 < n_vocab; v0 += cn) {
 		cn = n_vocab - v0 < HEAD_CHUNK ? n_vocab - v0 : HEAD_CHUNK;
 		load_rows(c, &m->output, v0, cn, c->head_w, NULL);
-		matmul(c->pool, c->head_z, c->head_w, c->acts.xn, d, cn, n);
+		matmul(c->pool, c->head_z, c->head_w, c->head_xn, d, cn, n);
 		for (r = 0; r < n; r++) {
 			uint32_t p = pos ? pos[r] : r;
 			const real_t *z = c->head_z + (size_t)r * cn;
@@ -827,6 +1089,10 @@ int CORE(forward)(void *arg, const struct tune_layout *lay,
 	c->len = lay->n_pos;
 	c->n_slots = lay->n_stages;
 	set_targets(c, lay);
+	/* positions after the last predicted token cannot change the loss */
+	if (!logits && c->n_loss > 0)
+		c->len = c->loss_pos[c->n_loss - 1] + 1;
+	c->runs.n_pos = c->len;
 
 	/* input rows: prompt embeddings, then token embeddings */
 	for (s = 0; s < lay->n_spans; s++) {
@@ -839,6 +1105,8 @@ int CORE(forward)(void *arg, const struct tune_layout *lay,
 		for (j = 0; j < sp->n; j++) {
 			real_t *x = c->x + (size_t)(sp->pos0 + j) * d;
 
+			c->token[sp->pos0 + j] = sp->kind == SPAN_PROMPT ?
+						 -1 : sp->tokens[j];
 			if (sp->kind == SPAN_PROMPT)
 				for (i = 0; i < d; i++)
 					x[i] = prompts[s][(size_t)j * d + i];
@@ -852,7 +1120,9 @@ int CORE(forward)(void *arg, const struct tune_layout *lay,
 
 	/* every layer, keeping each one's input */
 	for (li = 0; li < m->cfg.n_layers; li++) {
-		load_layer(c, li, false);
+		if (c->saved)
+			c->acts = c->saved[li];
+		load_layer(c, li, true, false);
 		layer_forward(c, li, c->x + li * plane, c->x + (li + 1) * plane);
 	}
 
@@ -866,8 +1136,12 @@ int CORE(forward)(void *arg, const struct tune_layout *lay,
 	return 0;
 }
 
-/* Writes into c->dx the gradient of the loss w.r.t. the final residual. */
-static void head_backward(struct core *c)
+/*
+ * Writes into c->dx the gradient of the loss w.r.t. the final residual,
+ * and adds the gradients of the output head and final norm into @wg
+ * unless it is NULL.
+ */
+static void head_backward(struct core *c, const struct tune_grads *wg)
 {
 	const struct model *m = c->model;
 	uint32_t d = m->cfg.d_model, n_vocab = m->cfg.n_vocab, n = c->n_loss;
@@ -884,7 +1158,7 @@ static void head_backward(struct core *c)
 	for (v0 = 0; v0 < n_vocab; v0 += cn) {
 		cn = n_vocab - v0 < HEAD_CHUNK ? n_vocab - v0 : HEAD_CHUNK;
 		load_rows(c, &m->output, v0, cn, c->head_w, c->head_wt);
-		matmul(c->pool, c->head_z, c->head_w, c->acts.xn, d, cn, n);
+		matmul(c->pool, c->head_z, c->head_w, c->head_xn, d, cn, n);
 		for (r = 0; r < n; r++) {
 			uint32_t p = c->loss_pos[r];
 			real_t *z = c->head_z + (size_t)r * cn;
@@ -892,6 +1166,9 @@ static void head_backward(struct core *c)
 			tune_xent_backward(z, z, cn, v0, c->target[p],
 					   c->row_lse[p], scale);
 		}
+		if (wg)
+			weight_grad(c, wg->output + (size_t)v0 * d, c->head_z,
+				    c->head_xn, d, cn, n);
 		tune_linear_backward(c->pool, c->dtmp, c->head_wt, c->head_z,
 				     d, cn, n);
 		add(dxf, c->dtmp, (size_t)n * d);
@@ -899,13 +1176,34 @@ static void head_backward(struct core *c)
 	for (r = 0; r < n; r++) {
 		uint32_t p = c->loss_pos[r];
 
+		if (wg)
+			norm_weight_grad(wg->output_norm, xl + (size_t)p * d,
+					 dxf + (size_t)r * d, d,
+					 m->cfg.rms_eps);
 		tune_rmsnorm_backward(c->dx + (size_t)p * d, xl + (size_t)p * d,
 				      m->output_norm, dxf + (size_t)r * d, d,
 				      m->cfg.rms_eps);
 	}
 }
 
-int CORE(backward)(void *arg, double *const *grads)
+/* Adds the rows of c->dx at token positions into their embedding rows. */
+static void embed_grad(struct core *c, double *g)
+{
+	uint32_t d = c->model->cfg.d_model, p, i;
+
+	for (p = 0; p < c->len; p++) {
+		double *row;
+
+		if (c->token[p] < 0)
+			continue;
+		row = g + (size_t)c->token[p] * d;
+		for (i = 0; i < d; i++)
+			row[i] += c->dx[(size_t)p * d + i];
+	}
+}
+
+int CORE(backward)(void *arg, double *const *grads,
+		   const struct tune_grads *wg)
 {
 	struct core *c = arg;
 	const struct model *m = c->model;
@@ -914,16 +1212,25 @@ int CORE(backward)(void *arg, double *const *grads)
 
 	if (!c->ready)
 		return -EINVAL;
-	head_backward(c);
+	if (wg && wg_alloc(c) < 0)
+		return -ENOMEM;
+	head_backward(c, wg);
 
-	/* each layer from the top: recompute its activations, then go back */
+	/* each layer from the top: its activations (recomputed unless
+	 * saved), then back through it */
 	for (li = m->cfg.n_layers; li-- > 0;) {
-		load_layer(c, li, true);
-		layer_forward(c, li, c->x + li * plane, c->xout);
-		layer_backward(c, li, c->x + li * plane);
+		load_layer(c, li, !c->saved, true);
+		if (c->saved)
+			c->acts = c->saved[li];
+		else
+			layer_forward(c, li, c->x + li * plane, c->xout);
+		layer_backward(c, li, c->x + li * plane,
+			       wg ? &wg->layers[li] : NULL);
 	}
+	if (wg)
+		embed_grad(c, wg->tok_embd);
 
-	for (s = 0; s < c->n_slots; s++) {
+	for (s = 0; grads && s < c->n_slots; s++) {
 		if (!grads[s])
 			continue;
 		for (j = 0; j < c->slot_n[s] * d; j++)

@@ -4,13 +4,15 @@
  * the F32 or F64 build of train-impl.h.
  *
  * NOTE: not there yet (the rest of kvchain-tune lives in cmd-train.c,
- * data.c and optim.c):
- * - pretrain mode, which needs weight gradients: this pass computes none;
+ * data.c, optim.c and pretrain*.c):
  * - the added tag tokens of multi-round chains (trained embedding and
  *   output rows);
- * - speed: positions after the last predicted token cannot change the
- *   loss and could be cut before the pass; elementwise steps and the
- *   weight transposes are single-threaded.
+ * - speed: the attention backward writes the dk and dv rows of every key
+ *   for every query. That is memory-bound, about a quarter of a training
+ *   step on a ~100M-weight model (bench/bench-tune). Weight transposes
+ *   are redone every backward pass instead of kept per layer. Pretrain
+ *   runs one sequence per forward pass and keeps F64 gradients and
+ *   moments (28 bytes a weight).
  * Quantised weights are dequantised to F32 here, whereas the engine
  * rounds activations to 8 bits before quantised products, so a quantised
  * model trains on slightly different logits than it serves.
@@ -22,6 +24,8 @@
 
 #include "model.h"
 #include "train-internal.h"
+
+size_t tune_keep_acts_bytes = (size_t)1 << 30;
 
 struct tune_ctx {
 	const struct model *model;
@@ -78,7 +82,7 @@ static int check_layout(const struct tune_ctx *ctx,
 {
 	uint32_t s, j;
 
-	if (lay->n_pos == 0 || lay->n_stages == 0 || !prompts)
+	if (lay->n_pos == 0 || (lay->n_stages && !prompts))
 		return -EINVAL;
 	if (lay->n_pos > ctx->max_len)
 		return -E2BIG;
@@ -116,7 +120,13 @@ int tune_forward(struct tune_ctx *ctx, const struct tune_layout *lay,
 
 int tune_backward(struct tune_ctx *ctx, double *const *grads)
 {
+	return tune_backward_weights(ctx, grads, NULL);
+}
+
+int tune_backward_weights(struct tune_ctx *ctx, double *const *grads,
+			  const struct tune_grads *wg)
+{
 	if (ctx->precision == TUNE_F64)
-		return tune_core_backward_f64(ctx->core, grads);
-	return tune_core_backward_f32(ctx->core, grads);
+		return tune_core_backward_f64(ctx->core, grads, wg);
+	return tune_core_backward_f32(ctx->core, grads, wg);
 }
