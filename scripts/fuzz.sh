@@ -7,10 +7,12 @@
 #                minimal file and a few tests/mkmodel outputs
 #   safetensors  the PEFT adapter reader (tests/fuzz-safetensors.c), seeded
 #                with small F32, F16 and BF16 adapter_model.safetensors files
+#   ring         the shared-memory ring reader and region header check
+#                (tests/fuzz-ring.c), seeded with an empty and a one-message ring
 #
 # Usage: scripts/fuzz.sh [SECONDS]      (default 60)
 # Environment:
-#   FUZZ_TARGET  gguf or safetensors (default gguf)
+#   FUZZ_TARGET  gguf, safetensors or ring (default gguf)
 #   FUZZ_DIR  work folder for the binary, corpus and crashes
 #             (default ./fuzz-TARGET under the current folder)
 #   JOBS      parallel fuzzing processes (default 1)
@@ -25,8 +27,8 @@ case $seconds in
 esac
 target=${FUZZ_TARGET:-gguf}
 case $target in
-gguf|safetensors) ;;
-*) echo "fuzz.sh: FUZZ_TARGET must be gguf or safetensors, got '$target'" >&2; exit 1 ;;
+gguf|safetensors|ring) ;;
+*) echo "fuzz.sh: FUZZ_TARGET must be gguf, safetensors or ring, got '$target'" >&2; exit 1 ;;
 esac
 src=$(cd "$(dirname "$0")/.." && pwd)
 work=${FUZZ_DIR:-$PWD/fuzz-$target}
@@ -98,7 +100,22 @@ repeat() {
 	done
 }
 
-if [ "$target" = safetensors ]; then
+if [ "$target" = ring ]; then
+	clang $cflags $san -fsanitize=fuzzer -I"$src/proto" -o "$work/fuzz-ring" \
+		"$src/tests/fuzz-ring.c" "$src/proto/ring.c"
+	# Seeds: an empty ring, and one holding a single 5-byte message.
+	head -c 8 /dev/zero >"$work/corpus/empty"
+	printf '\020\000\000\000\000\000\000\000\005\000\000\000hello\000\000\000' \
+		>"$work/corpus/one-message"
+	# The wrap marker, the header magic and lengths near the limits.
+	cat >"$work/ring.dict" <<'EOF'
+"\xff\xff\xff\xff"
+"hvcr"
+"\x00\x04\x00\x00"
+"\x01\x04\x00\x00"
+"\x00\x10\x00\x00"
+EOF
+elif [ "$target" = safetensors ]; then
 	# prompt.c also calls the tokenizer, which needs the GGUF reader.
 	deps="jansson libpcre2-8 libutf8proc"
 	# shellcheck disable=SC2046 # pkg-config prints several flags
