@@ -67,6 +67,7 @@ struct kvd_conn {
 
 	/* Everything below belongs to the scheduler thread. */
 	bool hello_done;
+	uint32_t n_invalid;		/* messages that broke the protocol */
 	bool dead;			/* shut down; input is ignored */
 	void *shm;			/* (shm_size) the rings' region */
 	size_t shm_size;

@@ -67,8 +67,12 @@ static void handle_message(struct kvd_daemon *d, struct kvd_conn *c,
 
 	req = kvchain__request__unpack(NULL, len, data);
 	if (!req) {
-		kvd_log(KVD_LOG_WARN, "connection %" PRIu64 " sent a message that is not a valid Request (%zu bytes)",
-			c->id, len);
+		/* the first few, then one line per 1000, so a peer cannot
+		 * flood the log */
+		c->n_invalid++;
+		if (c->n_invalid <= 3 || c->n_invalid % 1000 == 0)
+			kvd_log(KVD_LOG_WARN, "connection %" PRIu64 " sent a message that is not a valid Request (%zu bytes; %" PRIu32 " so far)",
+				c->id, len, c->n_invalid);
 		kvd_reply_error(d, c, path, 0, KVC_EPROTO,
 				"the message is not a valid Request");
 		return;
@@ -80,6 +84,10 @@ static void handle_message(struct kvd_daemon *d, struct kvd_conn *c,
 		return;
 	}
 	if (!c->hello_done) {
+		c->n_invalid++;
+		if (c->n_invalid <= 3 || c->n_invalid % 1000 == 0)
+			kvd_log(KVD_LOG_WARN, "connection %" PRIu64 " sent a request before Hello (%" PRIu32 " invalid messages so far)",
+				c->id, c->n_invalid);
 		kvd_reply_error(d, c, path, req->id, KVC_EPROTO,
 				"Hello must come first");
 		kvchain__request__free_unpacked(req, NULL);

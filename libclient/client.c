@@ -28,11 +28,11 @@ KVC_API const char *kvc_strerror(int code)
 	case KVC_ENOMEM: return "out of memory";
 	case KVC_EIO: return "connection failed or closed";
 	case KVC_EPROTO: return "protocol error";
-	case KVC_ENOENT: return "no such prompt, chain or span";
+	case KVC_ENOENT: return "not found (prompt, chain, span or adapter file)";
 	case KVC_EUNKNOWN_HANDLE: return "unknown segment handle";
 	case KVC_ERELEASED: return "segment released";
 	case KVC_EEXPIRED: return "segment expired or evicted";
-	case KVC_EPERM: return "permission denied";
+	case KVC_EPERM: return "permission denied (the daemon's allow_uids and allow_gids, or the socket's mode)";
 	case KVC_EQUOTA: return "quota exceeded";
 	case KVC_ECONTEXT: return "segment context full";
 	case KVC_ENOSPC: return "KV arena full";

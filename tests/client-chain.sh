@@ -139,7 +139,7 @@ for loop in io_uring epoll; do
 		grep -q -- "$pattern" "$dir/err" || fail "'kvchain $*' error lacks '$pattern': $(cat "$dir/err")"
 	}
 	expect_error 1 "unknown segment handle" append 0123456789abcdef0123456789abcdef --shared hi
-	expect_error 1 "no such" chain 999999
+	expect_error 1 "not found" chain 999999
 	expect_error 2 "invalid handle" generate zz --stage 0
 	expect_error 2 "exactly one of" append "$seg" hi
 	expect_error 2 "unknown command" frobnicate

@@ -117,17 +117,23 @@ static void fail(kvc_conn *conn, int rc, const char *what)
 	exit(1);
 }
 
-static uint64_t parse_u64(const char *what, const char *s, uint64_t max)
+static uint64_t parse_range(const char *what, const char *s, uint64_t min,
+			    uint64_t max)
 {
 	unsigned long long v;
 	char *end;
 
 	errno = 0;
 	v = strtoull(s, &end, 0);
-	if (errno || end == s || *end || s[0] == '-' || v > max)
-		usage_error("invalid %s '%s' (expected an integer from 0 to %" PRIu64 ")",
-			    what, s, max);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
+		usage_error("invalid %s '%s' (expected an integer from %" PRIu64 " to %" PRIu64 ")",
+			    what, s, min, max);
 	return v;
+}
+
+static uint64_t parse_u64(const char *what, const char *s, uint64_t max)
+{
+	return parse_range(what, s, 0, max);
 }
 
 static float parse_float(const char *what, const char *s)
@@ -489,8 +495,8 @@ static int cmd_generate(int argc, char **argv)
 			stage = (uint32_t)parse_u64("--stage", optarg, UINT32_MAX);
 			break;
 		case 'n':
-			p.max_tokens = (uint32_t)parse_u64("--max-tokens", optarg,
-							   UINT32_MAX);
+			p.max_tokens = (uint32_t)parse_range("--max-tokens", optarg,
+							     1, UINT32_MAX);
 			break;
 		case 't': p.temperature = parse_float("--temp", optarg); break;
 		case 'k':
@@ -528,10 +534,12 @@ static int cmd_generate(int argc, char **argv)
 	conn = connect_or_exit();
 	attach_or_exit(conn, &h);
 	rc = kvc_generate(conn, &h, stage, &p, print_token, NULL, &res);
+	if (rc < 0) {
+		fflush(stdout);
+		fail(conn, rc, "generate");
+	}
 	putchar('\n');
 	fflush(stdout);
-	if (rc < 0)
-		fail(conn, rc, "generate");
 	fprintf(stderr, "span %" PRIu32 ": %" PRIu32 " tokens, stopped by %s, prefill %.3f s, decode %.3f s\n",
 		res.span_id, res.n_generated, stop_name(res.stop_reason),
 		res.prefill_seconds, res.decode_seconds);

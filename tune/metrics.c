@@ -106,14 +106,17 @@ static size_t split_words(char *s, size_t len, char **words)
 double tune_token_f1(const char *pred, size_t pred_len, const char *ref,
 		     size_t ref_len)
 {
-	size_t np, nr, wp, wr, i, j, common = 0;
+	size_t np = 0, nr = 0, wp, wr, i, j, common = 0;
 	char *p = normalized_copy(pred, pred_len, &np);
 	char *r = normalized_copy(ref, ref_len, &nr);
-	char **pw = malloc((np / 2 + 1) * sizeof(char *));
-	char **rw = malloc((nr / 2 + 1) * sizeof(char *));
+	char **pw = NULL, **rw = NULL;
 	double f1 = -1.0;
 
-	if (!p || !r || !pw || !rw)
+	if (!p || !r)
+		goto out_free;
+	pw = malloc((np / 2 + 1) * sizeof(char *));
+	rw = malloc((nr / 2 + 1) * sizeof(char *));
+	if (!pw || !rw)
 		goto out_free;
 	wp = split_words(p, np, pw);
 	wr = split_words(r, nr, rw);
