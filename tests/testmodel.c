@@ -615,6 +615,24 @@ int testmodel_write(const char *path, const struct testmodel_opts *opts,
 		    char *err, size_t errlen)
 {
 	const struct tok_spec *vocab;
+	int ret;
+
+	/* Invalid options are reported before a missing vocabulary. */
+	ret = check_opts(opts, err, errlen);
+	if (ret)
+		return ret;
+	vocab = testvocab_get(opts->tok_kind, opts->tok_pre);
+	if (!vocab) {
+		tm_errf(err, errlen, "no test vocabulary for this tokenizer");
+		return -EINVAL;
+	}
+	return testmodel_write_vocab(path, opts, vocab, err, errlen);
+}
+
+int testmodel_write_vocab(const char *path, const struct testmodel_opts *opts,
+			  const struct tok_spec *vocab, char *err,
+			  size_t errlen)
+{
 	struct tm_plan plan = { 0 };
 	struct gbuf header = { 0 };
 	char *tmp = NULL;
@@ -624,11 +642,6 @@ int testmodel_write(const char *path, const struct testmodel_opts *opts,
 	ret = check_opts(opts, err, errlen);
 	if (ret)
 		return ret;
-	vocab = testvocab_get(opts->tok_kind, opts->tok_pre);
-	if (!vocab) {
-		tm_errf(err, errlen, "no test vocabulary for this tokenizer");
-		return -EINVAL;
-	}
 	ret = plan_model(&plan, opts, vocab->n_vocab);
 	if (!ret)
 		ret = build_header(&header, opts, vocab, &plan);

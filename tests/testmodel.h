@@ -40,4 +40,10 @@ void testmodel_defaults(struct testmodel_opts *opts);
 int testmodel_write(const char *path, const struct testmodel_opts *opts,
 		    char *err, size_t errlen);
 
+/* As testmodel_write, with the tokenizer @vocab in place of the test
+ * vocabulary; opts->tok_kind and opts->tok_pre are then not used. */
+int testmodel_write_vocab(const char *path, const struct testmodel_opts *opts,
+			  const struct tok_spec *vocab, char *err,
+			  size_t errlen);
+
 #endif /* KVCHAIN_TESTMODEL_H */
