@@ -17,7 +17,8 @@ status=0
 make -j"$(nproc)" check >/dev/null 2>&1 || status=$?
 
 # Show each test's result, the logs of failures, and the totals.
-for trs in tests/*.trs; do
+trs_files=$(find . -name '*.trs' | sort)
+for trs in $trs_files; do
 	name=${trs%.trs}
 	result=$(sed -n 's/^:test-result: //p' "$trs")
 	echo "$result: $name"
@@ -25,9 +26,12 @@ for trs in tests/*.trs; do
 		tail -n 40 "$name.log"
 	fi
 done
-passed=$(grep -l '^:test-result: PASS' tests/*.trs 2>/dev/null | wc -l)
-failed=$(grep -l '^:test-result: \(FAIL\|ERROR\|XPASS\)' tests/*.trs 2>/dev/null | wc -l)
-skipped=$(grep -l '^:test-result: SKIP' tests/*.trs 2>/dev/null | wc -l)
+# shellcheck disable=SC2086 # one path per word
+passed=$(grep -l '^:test-result: PASS' $trs_files 2>/dev/null | wc -l)
+# shellcheck disable=SC2086
+failed=$(grep -l '^:test-result: \(FAIL\|ERROR\|XPASS\)' $trs_files 2>/dev/null | wc -l)
+# shellcheck disable=SC2086
+skipped=$(grep -l '^:test-result: SKIP' $trs_files 2>/dev/null | wc -l)
 [ "$failed" -eq 0 ] && [ "$status" -ne 0 ] && failed=1
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
