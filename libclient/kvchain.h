@@ -7,8 +7,8 @@
  * stage prompt, reading the KV that earlier stages left in the segment.
  *
  * Conventions:
- * - Every call that can fail returns 0 or a negative KVC_E* code;
- *   kvc_strerror() names the code and kvc_last_error() returns the
+ * - Every call that can fail returns 0 or a negative KVC_E* code.
+ *   kvc_strerror() names the code, and kvc_last_error() returns the
  *   daemon's or library's message for the last failure on a connection.
  * - The library never prints and never exits.
  * - Thread safety: calls on one connection are serialised by a lock in the
@@ -61,7 +61,7 @@ typedef struct kvc_conn kvc_conn;
  * other than root, else /run/kvchain/kvchaind.sock. Says Hello and maps
  * the shared rings. @client_name appears in the daemon's log (may be NULL).
  * Setting KVCHAIN_TRANSPORT=socket sends every request of the connection
- * over the socket instead of the rings (the daemon answers the same way);
+ * over the socket instead of the rings (the daemon replies the same way);
  * it exists for benchmarks. Any value but "socket", "rings"
  * or empty fails with KVC_EINVAL.
  */
@@ -129,8 +129,8 @@ int kvc_segment_create(kvc_conn *conn, uint64_t chain_id, kvc_handle *out);
 /* Holds an existing segment, so it outlives its creator's connection. */
 int kvc_attach(kvc_conn *conn, const kvc_handle *handle);
 
-/* Drops this connection's hold. A segment nobody holds expires after the
- * daemon's TTL. */
+/* Drops this connection's hold. A segment that no connection holds
+ * expires after the daemon's TTL. */
 int kvc_release(kvc_conn *conn, const kvc_handle *handle);
 
 /* Creates a segment sharing every span of @handle; this connection holds
