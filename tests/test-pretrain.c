@@ -338,6 +338,132 @@ static void test_text_segments(void)
 	free(stream);
 }
 
+/* Returns the loss of the window stream[0 .. len - 1] with @skip's marks. */
+static double span_loss(struct tune_ctx *ctx, const int32_t *stream,
+			  uint32_t len, const uint8_t *skip)
+{
+	struct tune_layout lay;
+	double loss = NAN;
+
+	CU_ASSERT_EQUAL_FATAL(tune_pretrain_layout(stream, len, stream[len],
+						   &lay), 0);
+	lay.spans[0].untrained = skip;
+	CU_ASSERT_EQUAL(tune_forward(ctx, &lay, NULL, &loss, NULL), 0);
+	tune_layout_free(&lay);
+	return loss;
+}
+
+/*
+ * The loss on outputs: inputs and each output's BOS are marked untrained,
+ * an output's tokens and EOS are trained; the masked loss is the mean of
+ * the trained positions' own losses; a batch with nothing to train leaves
+ * the weights alone.
+ */
+static void test_loss_outputs(void)
+{
+	char path[] = "/tmp/kvchain-test-pretrain-out-XXXXXX";
+	int32_t *stream, eos = tok_eos(llama->tok), bos = tok_bos(llama->tok);
+	struct tune_adamw opt = { .lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999,
+				  .eps = 1e-8 };
+	struct tune_pretrain_step st = { .n_win = 1, .clip = 1.0, .lr = 1e-2,
+					 .t = 1 };
+	struct tune_params *p;
+	struct tune_ctx *ctx;
+	uint8_t *untrained, *one, *all;
+	size_t n, i, starts[1] = { 0 }, n_trained = 0;
+	double masked, sum = 0.0, *m, *v;
+	float *before;
+	char err[256];
+	int32_t want[64];
+	int n_answer, n_yes;
+
+	CU_ASSERT_EQUAL_FATAL(write_temp(path,
+		"{\"I_ALL\": \"a question\", \"O_A\": \"an answer\"}\n"
+		"{\"I_ALL\": \"another one\", \"O_A\": \"yes\"}\n"), 0);
+	CU_ASSERT_EQUAL_FATAL(tune_pretrain_load_outputs(path, llama, &stream,
+							 &untrained, &n, err,
+							 sizeof(err)), 0);
+	unlink(path);
+	n_answer = tok_encode(llama->tok, "an answer", 9, 0, want, 64);
+	n_yes = tok_encode(llama->tok, "yes", 3, 0, want, 64);
+	CU_ASSERT_FATAL(n_answer > 0 && n_yes > 0);
+	for (i = 0; i < n; i++) {
+		if (stream[i] == bos)
+			CU_ASSERT_EQUAL(untrained[i], 1);
+		if (stream[i] == eos)
+			CU_ASSERT_EQUAL(untrained[i], 0);
+		n_trained += !untrained[i];
+	}
+	CU_ASSERT_EQUAL(untrained[0], 1);
+	CU_ASSERT_EQUAL(n_trained, (size_t)(n_answer + 1 + n_yes + 1));
+
+	CU_ASSERT_EQUAL_FATAL(tune_params_create(llama, SIZE_MAX, &p, err,
+						 sizeof(err)), 0);
+	ctx = tune_ctx_create(&p->model, NULL, (uint32_t)n, TUNE_F64);
+	one = malloc(n);
+	all = malloc(n);
+	m = calloc(p->n, sizeof(double));
+	v = calloc(p->n, sizeof(double));
+	before = malloc(p->n * sizeof(float));
+	CU_ASSERT_FATAL(ctx && one && all && m && v && before);
+
+	/* position j predicts stream[j + 1] */
+	masked = span_loss(ctx, stream, (uint32_t)n - 1, untrained + 1);
+	for (i = 0; i + 1 < n; i++) {
+		if (untrained[i + 1])
+			continue;
+		memset(one, 1, n);
+		one[i] = 0;
+		sum += span_loss(ctx, stream, (uint32_t)n - 1, one);
+	}
+	CU_ASSERT_DOUBLE_EQUAL(masked, sum / (double)n_trained, 1e-9);
+	CU_ASSERT(fabs(masked - span_loss(ctx, stream, (uint32_t)n - 1,
+					    NULL)) > 1e-3);
+
+	memset(all, 1, n);
+	memcpy(before, p->w, p->n * sizeof(float));
+	st.stream = stream;
+	st.untrained = all;
+	st.starts = starts;
+	st.len = (uint32_t)n - 1;
+	CU_ASSERT_EQUAL(tune_pretrain_step(ctx, p, &opt, m, v, &st), 0);
+	CU_ASSERT_EQUAL(st.loss, 0.0);
+	CU_ASSERT(memcmp(before, p->w, p->n * sizeof(float)) == 0);
+	st.untrained = untrained;
+	CU_ASSERT_EQUAL(tune_pretrain_step(ctx, p, &opt, m, v, &st), 0);
+	CU_ASSERT_DOUBLE_EQUAL(st.loss, masked, 1e-5);
+	CU_ASSERT(memcmp(before, p->w, p->n * sizeof(float)) != 0);
+
+	free(before);
+	free(m);
+	free(v);
+	free(one);
+	free(all);
+	free(untrained);
+	free(stream);
+	tune_ctx_free(ctx);
+	tune_params_free(p);
+}
+
+/* Plain text has no outputs, so the loss on outputs rejects it. */
+static void test_loss_outputs_text(void)
+{
+	char path[] = "/tmp/kvchain-test-pretrain-out-XXXXXX";
+	int32_t *stream = NULL;
+	uint8_t *untrained = NULL;
+	size_t n;
+	char err[256] = "";
+
+	CU_ASSERT_EQUAL_FATAL(write_temp(path, "{\"text\": \"fine\"}\n"), 0);
+	CU_ASSERT_EQUAL(tune_pretrain_load_outputs(path, llama, &stream,
+						   &untrained, &n, err,
+						   sizeof(err)), -EINVAL);
+	unlink(path);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "segment format"));
+	CU_ASSERT_PTR_NULL(stream);
+	CU_ASSERT_PTR_NULL(untrained);
+}
+
 static void test_text_bad(void)
 {
 	char path[] = "/tmp/kvchain-test-pretrain-bad-XXXXXX";
@@ -518,6 +644,8 @@ static const struct test_case train_cases[] = {
 	{ "text lines", test_text_lines },
 	{ "text segments", test_text_segments },
 	{ "text invalid", test_text_bad },
+	{ "loss on outputs", test_loss_outputs },
+	{ "loss on outputs of text", test_loss_outputs_text },
 	{ "size limit", test_size_limit },
 	{ "gguf llama", test_gguf_llama },
 	{ "gguf qwen2 tied", test_gguf_qwen2_tied },

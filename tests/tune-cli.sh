@@ -126,15 +126,30 @@ grep -q "other data, model or options" "$dir/err" || fail "no message for a mism
 # ---- Eval: the table, and EM 1 against the shared mode's own outputs
 "$tune" eval -m "$dir/m.gguf" -d "$dir/copy.jsonl" -p "$dir/trained/A" -p "$dir/trained/B" -n 6 \
 	--write-predictions "$dir/pred.jsonl" >"$dir/table" 2>"$dir/err" || fail "eval exited $?: $(cat "$dir/err")"
-grep -q '^| mode | examples | EM | F1 | stage-B time to first token (ms) | KV bytes held |$' "$dir/table" ||
+grep -q '^| way | examples | EM | F1 | stage-B time to first token (ms) | chain time (ms) | peak KV bytes |$' "$dir/table" ||
 	fail "no table header: $(cat "$dir/table")"
-grep -q '^| shared | 8 | [01]\.[0-9]* | [01]\.[0-9]* | [0-9.]* | [1-9][0-9]* |$' "$dir/table" || fail "no shared row"
+grep -q '^| shared | 8 | [01]\.[0-9]* | [01]\.[0-9]* | [0-9.]* | [0-9.]* | [1-9][0-9]* |$' "$dir/table" || fail "no shared row"
 grep -q '^| recompute | 8 | ' "$dir/table" || fail "no recompute row"
+grep -q '^| classic \|^| naive ' "$dir/table" && fail "classic or naive row without --classic"
 [ "$(wc -l <"$dir/pred.jsonl")" -eq 8 ] || fail "predictions file has $(wc -l <"$dir/pred.jsonl") lines, expected 8"
 "$tune" eval -m "$dir/m.gguf" -d "$dir/pred.jsonl" -p "$dir/trained/A" -p "$dir/trained/B" -n 6 >"$dir/table2" 2>"$dir/err" ||
 	fail "eval of the predictions exited $?: $(cat "$dir/err")"
 grep -q '^| shared | 8 | 1\.0000 | 1\.0000 | ' "$dir/table2" ||
 	fail "shared mode does not match its own outputs: $(cat "$dir/table2")"
+
+# The classic ways: given the same prompts, the naive way is the shared
+# way, so their scores must agree.
+"$tune" eval -m "$dir/m.gguf" -d "$dir/copy.jsonl" -p "$dir/trained/A" -p "$dir/trained/B" -n 6 \
+	--classic "$dir/trained/A" --classic "$dir/trained/B" >"$dir/table3" 2>"$dir/err" ||
+	fail "eval with --classic exited $?: $(cat "$dir/err")"
+grep -q '^| classic | 8 | [01]\.[0-9]* | [01]\.[0-9]* | [0-9.]* | [0-9.]* | [1-9][0-9]* |$' "$dir/table3" ||
+	fail "no classic row: $(cat "$dir/table3")"
+shared_scores=$(sed -n 's/^| shared | 8 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table3")
+naive_scores=$(sed -n 's/^| naive | 8 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table3")
+[ -n "$shared_scores" ] && [ "$shared_scores" = "$naive_scores" ] ||
+	fail "naive way with the shared way's prompts scored '$naive_scores', shared '$shared_scores'"
+expect_error "has 2 stages but --classic gave 1" eval -m "$dir/m.gguf" -d "$dir/copy.jsonl" \
+	-p "$dir/trained/A" -p "$dir/trained/B" --classic "$dir/trained/A"
 
 expect_error "has 2 stages but --prompts gave 1" eval -m "$dir/m.gguf" -d "$dir/copy.jsonl" -p "$dir/trained/A"
 

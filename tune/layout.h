@@ -28,6 +28,8 @@ struct tune_span {
 	uint32_t n;		/* tokens, or rows of a prompt slot */
 	int32_t *tokens;	/* (n), NULL for a prompt slot */
 	bool loss;		/* an output span whose tokens are trained */
+	const uint8_t *untrained; /* (n) or NULL: 1 where the position's
+				   * target is left out of the loss */
 	int32_t stop_id;	/* predicted after the last token, not fed; -1 */
 };
 

@@ -38,6 +38,7 @@ struct pretrain_opts {
 	uint32_t checkpoint_every;
 	uint32_t log_every;
 	bool resume;
+	bool outputs_only;		/* --loss outputs */
 	int n_threads;
 };
 
@@ -49,6 +50,7 @@ struct pretrainer {
 	struct kern_pool *pool;
 	struct tune_ctx *ctx;
 	int32_t *stream;
+	uint8_t *untrained;		/* with --loss outputs, else NULL */
 	size_t n_stream;
 	double *m, *v;
 	size_t *starts;			/* (batch) */
@@ -97,6 +99,9 @@ static void usage(FILE *out)
 "                          50; 0 only at the start and end)\n"
 "      --resume            continue from OUT.checkpoint\n"
 "      --log-every N       print a metrics line every N steps (default 10)\n"
+"      --loss all|outputs  train on every token (default), or, for the\n"
+"                          segment format, only on the outputs' tokens\n"
+"                          and EOS; windows without one are skipped\n"
 "  -t, --threads N         worker threads (default 2)\n"
 "  -h, --help              show this help\n"
 "\n"
@@ -108,7 +113,7 @@ static void usage(FILE *out)
 
 enum {
 	OPT_STEPS = 256, OPT_LR, OPT_SEQ_LEN, OPT_SEED, OPT_WARMUP, OPT_WD,
-	OPT_CLIP, OPT_CK_EVERY, OPT_RESUME, OPT_LOG_EVERY,
+	OPT_CLIP, OPT_CK_EVERY, OPT_RESUME, OPT_LOG_EVERY, OPT_LOSS,
 };
 
 /* Parses one option @c with argument @arg. Returns 0, or -1 on error. */
@@ -168,6 +173,15 @@ static int parse_opt(int c, const char *arg, struct pretrain_opts *o)
 			return -1;
 		o->log_every = (uint32_t)u;
 		return 0;
+	case OPT_LOSS:
+		if (strcmp(arg, "all") && strcmp(arg, "outputs")) {
+			fprintf(stderr,
+				"kvchain-tune: invalid --loss '%s'; expected all or outputs\n",
+				arg);
+			return -1;
+		}
+		o->outputs_only = !strcmp(arg, "outputs");
+		return 0;
 	case 't':
 		if (tune_parse_uint("--threads", arg, 1, 256, &u))
 			return -1;
@@ -197,6 +211,7 @@ static int parse_args(int argc, char **argv, struct pretrain_opts *o)
 		{ "checkpoint-every", required_argument, NULL, OPT_CK_EVERY },
 		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "log-every", required_argument, NULL, OPT_LOG_EVERY },
+		{ "loss", required_argument, NULL, OPT_LOSS },
 		{ "threads", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -252,6 +267,9 @@ static void hash_settings(struct pretrainer *t)
 	h = tune_hash(h, &o->seed, sizeof(o->seed));
 	h = tune_hash(h, &o->warmup, sizeof(o->warmup));
 	h = tune_hash(h, &o->clip, sizeof(o->clip));
+	/* older checkpoints, of the loss on every token, keep their hash */
+	if (o->outputs_only)
+		h = tune_hash(h, t->untrained, t->n_stream);
 	t->settings = h;
 }
 
@@ -324,7 +342,11 @@ static int setup(struct pretrainer *t)
 		fprintf(stderr, "kvchain-tune: %s: %s\n", t->o.model_path, err);
 		return rc;
 	}
-	if (rc == 0)
+	if (rc == 0 && t->o.outputs_only)
+		rc = tune_pretrain_load_outputs(t->o.data_path, t->src,
+						&t->stream, &t->untrained,
+						&t->n_stream, err, sizeof(err));
+	else if (rc == 0)
 		rc = tune_pretrain_load_text(t->o.data_path, t->src,
 					     &t->stream, &t->n_stream, err,
 					     sizeof(err));
@@ -374,7 +396,8 @@ static int train(struct pretrainer *t)
 	uint64_t step, logged = 0;
 	double loss_sum = 0.0, t0 = tune_now(), now;
 	struct tune_pretrain_step st = {
-		.stream = t->stream, .starts = t->starts, .n_win = t->o.batch,
+		.stream = t->stream, .untrained = t->untrained,
+		.starts = t->starts, .n_win = t->o.batch,
 		.len = t->o.seq_len, .clip = t->o.clip,
 	};
 	uint32_t k;
@@ -456,6 +479,7 @@ int tune_cmd_pretrain(int argc, char **argv)
 	free(t->m);
 	free(t->v);
 	free(t->stream);
+	free(t->untrained);
 	tune_ctx_free(t->ctx);
 	kern_pool_destroy(t->pool);
 	tune_params_free(t->p);

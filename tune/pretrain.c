@@ -479,17 +479,26 @@ int tune_pretrain_step(struct tune_ctx *ctx, struct tune_params *p,
 {
 	struct tune_layout lay;
 	double loss, sum = 0.0;
-	uint32_t k;
+	uint32_t k, j, n_used = 0;
 	size_t i;
 	int rc;
 
 	memset(p->g, 0, p->n * sizeof(double));
 	for (k = 0; k < st->n_win; k++) {
 		const int32_t *tok = st->stream + st->starts[k];
+		/* position j of the window predicts stream token start + j + 1 */
+		const uint8_t *skip = st->untrained ?
+				      st->untrained + st->starts[k] + 1 : NULL;
 
+		for (j = 0; skip && j < st->len && skip[j]; j++)
+			;
+		if (skip && j == st->len)
+			continue;	/* nothing to train in this window */
+		n_used++;
 		rc = tune_pretrain_layout(tok, st->len, tok[st->len], &lay);
 		if (rc < 0)
 			return rc;
+		lay.spans[0].untrained = skip;
 		rc = tune_forward(ctx, &lay, NULL, &loss, NULL);
 		if (rc == 0)
 			rc = tune_backward_weights(ctx, NULL, &p->grads);
@@ -498,9 +507,15 @@ int tune_pretrain_step(struct tune_ctx *ctx, struct tune_params *p,
 			return rc;
 		sum += loss;
 	}
+	if (n_used == 0) {
+		/* no window predicts a trained token: the weights stay */
+		st->loss = 0.0;
+		st->grad_norm = 0.0;
+		return 0;
+	}
 	for (i = 0; i < p->n; i++)
-		p->g[i] /= st->n_win;
-	st->loss = sum / st->n_win;
+		p->g[i] /= n_used;
+	st->loss = sum / n_used;
 	st->grad_norm = tune_clip_grad(p->g, p->n, st->clip);
 	tune_adamw_step(opt, p->w, m, v, p->g, p->n, st->t, st->lr);
 	return 0;
@@ -508,14 +523,21 @@ int tune_pretrain_step(struct tune_ctx *ctx, struct tune_params *p,
 
 /* ==== Text ============================================================ */
 
-/* A growing token stream. */
+/*
+ * A growing token stream and, when untrained is not NULL, a byte per token
+ * that is 1 where the token is not a target of the loss.
+ */
 struct stream {
 	int32_t *ids;
+	uint8_t *untrained;
+	bool mark;		/* keep untrained */
 	size_t n;
 	size_t cap;
 };
 
-static int stream_add(struct stream *s, const int32_t *ids, size_t n)
+/* Appends @n tokens whose untrained byte is @skip. */
+static int stream_add_marked(struct stream *s, const int32_t *ids, size_t n,
+			     uint8_t skip)
 {
 	if (s->n + n > s->cap) {
 		size_t cap = s->cap ? s->cap : 4096;
@@ -527,11 +549,25 @@ static int stream_add(struct stream *s, const int32_t *ids, size_t n)
 		if (!p)
 			return -ENOMEM;
 		s->ids = p;
+		if (s->mark) {
+			uint8_t *u = realloc(s->untrained, cap);
+
+			if (!u)
+				return -ENOMEM;
+			s->untrained = u;
+		}
 		s->cap = cap;
 	}
 	memcpy(s->ids + s->n, ids, n * sizeof(int32_t));
+	if (s->mark)
+		memset(s->untrained + s->n, skip, n);
 	s->n += n;
 	return 0;
+}
+
+static int stream_add(struct stream *s, const int32_t *ids, size_t n)
+{
+	return stream_add_marked(s, ids, n, 1);
 }
 
 /* Appends BOS + the tokens of @text + EOS (where they exist) to @s. */
@@ -688,9 +724,19 @@ static int read_segments(struct stream *s, const struct model *model,
 		const struct tune_example *ex = &data.examples[e];
 
 		for (k = 0; k < data.n_keys && rc == 0; k++) {
-			rc = stream_add(s, ex->ids[k], ex->n_ids[k]);
-			if (rc == 0 && data.keys[k].kind == SPAN_STAGE_OUTPUT)
-				rc = stream_add(s, &eos, 1);
+			const int32_t *ids = ex->ids[k];
+			size_t n = ex->n_ids[k];
+
+			if (data.keys[k].kind != SPAN_STAGE_OUTPUT) {
+				rc = stream_add(s, ids, n);
+				continue;
+			}
+			/* an output: BOS (fed, not predicted), its tokens, EOS */
+			rc = stream_add(s, ids, 1);
+			if (rc == 0)
+				rc = stream_add_marked(s, ids + 1, n - 1, 0);
+			if (rc == 0)
+				rc = stream_add_marked(s, &eos, 1, 0);
 		}
 	}
 	tune_data_free(&data);
@@ -764,11 +810,10 @@ static int read_file(const char *path, char **out, size_t *len, char *err,
 	return 0;
 }
 
-int tune_pretrain_load_text(const char *path, const struct model *model,
-			    int32_t **out, size_t *n_out, char *err,
-			    size_t errlen)
+/* Loads @path into @s; with s->mark only the segment format is accepted. */
+static int load_stream(const char *path, const struct model *model,
+		       struct stream *s, char *err, size_t errlen)
 {
-	struct stream s = { 0 };
 	char *buf = NULL;
 	size_t len = 0, i = 0;
 	bool array;
@@ -779,21 +824,54 @@ int tune_pretrain_load_text(const char *path, const struct model *model,
 	while (i < len && is_blank(buf[i]))
 		i++;
 	array = i < len && buf[i] == '[';
-	if (has_text_key(buf, len, array))
-		rc = read_texts(&s, model->tok, buf, len, path, array, err,
+	if (!has_text_key(buf, len, array))
+		rc = read_segments(s, model, buf, len, path, err, errlen);
+	else if (!s->mark)
+		rc = read_texts(s, model->tok, buf, len, path, array, err,
 				errlen);
-	else
-		rc = read_segments(&s, model, buf, len, path, err, errlen);
+	else {
+		set_err(err, errlen,
+			"%s: plain {\"text\": ...} objects have no outputs to train; the loss on outputs needs the FTHSS segment format",
+			path);
+		rc = -EINVAL;
+	}
 	free(buf);
-	if (rc == 0 && s.n < 2) {
+	if (rc == 0 && s->n < 2) {
 		set_err(err, errlen, "%s: fewer than 2 tokens of text", path);
 		rc = -EINVAL;
 	}
 	if (rc < 0) {
-		free(s.ids);
-		return rc;
+		free(s->ids);
+		free(s->untrained);
 	}
+	return rc;
+}
+
+int tune_pretrain_load_text(const char *path, const struct model *model,
+			    int32_t **out, size_t *n_out, char *err,
+			    size_t errlen)
+{
+	struct stream s = { 0 };
+	int rc = load_stream(path, model, &s, err, errlen);
+
+	if (rc < 0)
+		return rc;
 	*out = s.ids;
+	*n_out = s.n;
+	return 0;
+}
+
+int tune_pretrain_load_outputs(const char *path, const struct model *model,
+			       int32_t **out, uint8_t **untrained,
+			       size_t *n_out, char *err, size_t errlen)
+{
+	struct stream s = { .mark = true };
+	int rc = load_stream(path, model, &s, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	*out = s.ids;
+	*untrained = s.untrained;
 	*n_out = s.n;
 	return 0;
 }

@@ -81,6 +81,8 @@ int tune_pretrain_layout(const int32_t *tokens, uint32_t len, int32_t next,
 /* One optimiser step of pretrain. */
 struct tune_pretrain_step {
 	const int32_t *stream;	/* the tokenized text */
+	const uint8_t *untrained; /* NULL, or 1 for each stream token that is
+				   * not a target of the loss */
 	const size_t *starts;	/* (n_win) first token of each window */
 	uint32_t n_win;
 	uint32_t len;		/* tokens fed per window */
@@ -94,7 +96,9 @@ struct tune_pretrain_step {
 /*
  * Runs forward and backward over each window of @st (stream[start] ..
  * stream[start + len - 1], the last predicting stream[start + len]),
- * averages the weight gradients into p->g, clips them and applies AdamW
+ * averages the weight gradients into p->g over the windows that predict a
+ * trained token (every window when st->untrained is NULL; st->loss is the
+ * mean over the same windows), clips them and applies AdamW
  * with moments @m and @v (p->n values each) to p->w. @ctx must have been
  * made for p->model with max_len >= len. Returns 0 or a negative errno of
  * the training pass.
@@ -117,6 +121,17 @@ int tune_pretrain_step(struct tune_ctx *ctx, struct tune_params *p,
 int tune_pretrain_load_text(const char *path, const struct model *model,
 			    int32_t **out, size_t *n_out, char *err,
 			    size_t errlen);
+
+/*
+ * Loads the FTHSS segment format as tune_pretrain_load_text() does and
+ * also returns in *untrained (n_out bytes, free with free()) a 1 for each
+ * token that is not an output's own token or its EOS: the inputs and each
+ * output's BOS, which the chain feeds rather than predicts. A file of
+ * {"text": ...} objects has no outputs and is rejected with -EINVAL.
+ */
+int tune_pretrain_load_outputs(const char *path, const struct model *model,
+			       int32_t **out, uint8_t **untrained,
+			       size_t *n_out, char *err, size_t errlen);
 
 /* kvchain-tune pretrain ...: argv[0] is "pretrain". */
 int tune_cmd_pretrain(int argc, char **argv);

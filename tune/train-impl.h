@@ -1002,6 +1002,9 @@ static void set_targets(struct core *c, const struct tune_layout *lay)
 			c->target[sp->pos0 + j] = sp->tokens[j + 1];
 		if (sp->stop_id >= 0)
 			c->target[sp->pos0 + sp->n - 1] = sp->stop_id;
+		for (j = 0; sp->untrained && j < sp->n; j++)
+			if (sp->untrained[j])
+				c->target[sp->pos0 + j] = -1;
 	}
 	for (j = 0; j < lay->n_pos; j++)
 		if (c->target[j] >= 0)
