@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * chain-stage-a - stage A of a two-stage chain, as its own process:
- * registers the two stage prompts (seeded random soft prompts, or the PEFT
- * adapters named on the command line), creates the chain and a segment,
+ * registers the two stage prompts (the PEFT adapters named on the command
+ * line, hard prompts given as text, or seeded random soft prompts), creates the chain and a segment,
  * appends the question I_ALL as shared input and the passages I_A as
  * stage 0's input, generates O_A as stage 0, drops I_A (stage B never
  * reads it), prints the segment's handle on stdout and exits. Stage B
@@ -12,6 +12,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +27,9 @@ struct options {
 	uint32_t prompt_tokens;	/* virtual tokens of each random prompt */
 	uint32_t max_tokens;
 	int ignore_eos;
+	int timings;
 	const char *peft[2];	/* adapter folders of stages A and B */
+	const char *hard[2];	/* hard prompts of stages A and B */
 };
 
 static void usage(FILE *out)
@@ -34,14 +37,18 @@ static void usage(FILE *out)
 	fprintf(out,
 "usage: chain-stage-a [options] [PEFT_DIR_A PEFT_DIR_B]\n"
 "Runs stage A of a two-stage chain and prints the segment's handle.\n"
-"Without adapter folders the stage prompts are seeded random soft\n"
-"prompts (seeds 1 and 2).\n"
+"Without adapter folders the stage prompts are the texts of --hard-a\n"
+"and --hard-b, or else seeded random soft prompts (seeds 1 and 2).\n"
 "  --socket PATH        kvchaind's socket (default: as libkvchain chooses)\n"
 "  --i-all TEXT         shared input, read by both stages\n"
 "  --i-a TEXT           stage A's own input\n"
+"  --hard-a TEXT        stage A's prompt as text (without adapters)\n"
+"  --hard-b TEXT        stage B's prompt as text (without adapters)\n"
 "  --prompt-tokens N    virtual tokens of each random prompt (default 8)\n"
 "  --max-tokens N       tokens of O_A at most (default 32)\n"
-"  --ignore-eos         generate past the end-of-sequence token\n");
+"  --ignore-eos         generate past the end-of-sequence token\n"
+"  --timings            print stage A's time on stderr\n"
+"O_A goes to stderr, the handle to stdout.\n");
 }
 
 /* Prints the failure on stderr and returns 1 for main. */
@@ -61,6 +68,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "prompt-tokens", required_argument, NULL, 'p' },
 		{ "max-tokens", required_argument, NULL, 'n' },
 		{ "ignore-eos", no_argument, NULL, 'e' },
+		{ "hard-a", required_argument, NULL, 'x' },
+		{ "hard-b", required_argument, NULL, 'y' },
+		{ "timings", no_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -74,6 +84,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case 'p': o->prompt_tokens = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case 'n': o->max_tokens = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case 'e': o->ignore_eos = 1; break;
+		case 'x': o->hard[0] = optarg; break;
+		case 'y': o->hard[1] = optarg; break;
+		case 't': o->timings = 1; break;
 		case 'h': usage(stdout); exit(0);
 		default: return -1;
 		}
@@ -89,7 +102,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* Registers stage @stage's prompt: its adapter, or a random one. */
+/* Registers stage @stage's prompt: its adapter, its text, or a random one. */
 static int register_prompt(kvc_conn *conn, const struct options *o,
 			   uint32_t stage, uint64_t *id)
 {
@@ -100,6 +113,8 @@ static int register_prompt(kvc_conn *conn, const struct options *o,
 
 	if (o->peft[stage])
 		return kvc_prompt_peft(conn, o->peft[stage], id, 1, &n);
+	if (o->hard[stage])
+		return kvc_prompt_text(conn, o->hard[stage], id);
 	kvc_server_info(conn, &info);
 	embd = malloc((size_t)o->prompt_tokens * info.d_model * sizeof(float));
 	if (!embd)
@@ -109,6 +124,14 @@ static int register_prompt(kvc_conn *conn, const struct options *o,
 	rc = kvc_prompt_soft(conn, embd, o->prompt_tokens, info.d_model, id);
 	free(embd);
 	return rc;
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int main(int argc, char **argv)
@@ -126,6 +149,7 @@ int main(int argc, char **argv)
 	uint32_t i_a_span;
 	kvc_conn *conn;
 	kvc_handle h;
+	double start;
 	char *o_a;
 	int rc;
 
@@ -153,6 +177,7 @@ int main(int argc, char **argv)
 	}
 
 	/* I_ALL is read by every stage; I_A only by stage A */
+	start = now_ms();
 	rc = kvc_append_text(conn, &h, KVC_SHARED_INPUT, 0, o.i_all,
 			     strlen(o.i_all), NULL, 0, NULL);
 	if (rc == 0)
@@ -171,6 +196,9 @@ int main(int argc, char **argv)
 		report(conn, rc, "generate O_A");
 		goto out_disconnect;
 	}
+	if (o.timings)
+		fprintf(stderr, "stage A: %.1f ms to read the inputs and write O_A\n",
+			now_ms() - start);
 	fprintf(stderr, "O_A: %s\n", o_a);
 	kvc_free(o_a);
 

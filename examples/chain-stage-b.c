@@ -11,6 +11,8 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "kvchain.h"
 
@@ -21,7 +23,42 @@ static void usage(FILE *out)
 "Runs stage B on the segment HANDLE and prints its output.\n"
 "  --socket PATH        kvchaind's socket (default: as libkvchain chooses)\n"
 "  --max-tokens N       tokens of O_B at most (default 32)\n"
-"  --ignore-eos         generate past the end-of-sequence token\n");
+"  --ignore-eos         generate past the end-of-sequence token\n"
+"  --timings            print the time to the first token and in all on\n"
+"                       stderr\n");
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* O_B as it streams in, and when its first token came. */
+struct output {
+	char *text;
+	size_t len;
+	double first;
+};
+
+static int on_token(void *arg, int32_t id, const char *text, size_t len)
+{
+	struct output *out = arg;
+	char *p;
+
+	(void)id;
+	if (out->first == 0.0)
+		out->first = now_ms();
+	p = realloc(out->text, out->len + len + 1);
+	if (!p)
+		return 1;	/* stops the generation */
+	memcpy(p + out->len, text, len);
+	out->text = p;
+	out->len += len;
+	out->text[out->len] = '\0';
+	return 0;
 }
 
 static int report(kvc_conn *conn, int rc, const char *what)
@@ -37,15 +74,17 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "max-tokens", required_argument, NULL, 'n' },
 		{ "ignore-eos", no_argument, NULL, 'e' },
+		{ "timings", no_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct kvc_gen_params params;
 	const char *socket = NULL;
+	struct output out = { .len = 0 };
 	kvc_conn *conn;
 	kvc_handle h;
-	char *o_b;
-	int c, rc;
+	int c, rc, timings = 0;
+	double start;
 
 	kvc_gen_params_init(&params);
 	params.max_tokens = 32;
@@ -54,6 +93,7 @@ int main(int argc, char **argv)
 		case 's': socket = optarg; break;
 		case 'n': params.max_tokens = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case 'e': params.ignore_eos = 1; break;
+		case 't': timings = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -66,23 +106,28 @@ int main(int argc, char **argv)
 	rc = kvc_connect(socket, "chain-stage-b", &conn);
 	if (rc < 0)
 		return report(NULL, rc, "connect");
+	start = now_ms();
 	rc = kvc_attach(conn, &h);
 	if (rc < 0) {
 		report(conn, rc, "attach");
 		goto out_disconnect;
 	}
-	rc = kvc_generate_text(conn, &h, 1, &params, &o_b, NULL, NULL);
+	rc = kvc_generate(conn, &h, 1, &params, on_token, &out, NULL);
 	if (rc < 0) {
 		report(conn, rc, "generate O_B");
 		goto out_disconnect;
 	}
-	printf("%s\n", o_b);
-	kvc_free(o_b);
+	if (timings)
+		fprintf(stderr, "stage B: first token %.2f ms after attaching, O_B in %.2f ms\n",
+			(out.first > 0.0 ? out.first : now_ms()) - start,
+			now_ms() - start);
+	printf("%s\n", out.text ? out.text : "");
 	rc = kvc_release(conn, &h);
 	if (rc < 0)
 		report(conn, rc, "release");
 
 out_disconnect:
+	free(out.text);
 	kvc_disconnect(conn);
 	return rc < 0 ? 1 : 0;
 }
