@@ -1,32 +1,35 @@
 #!/bin/sh
-# Builds the demo base model from nothing, with fixed seeds. The steps:
-# generate the synthetic tasks and the pretraining corpus (gen-tasks.py),
-# train a byte-level BPE vocabulary on the corpus (mkvocab.py), write a
-# llama GGUF with random weights and that vocabulary (mkbase), pretrain
-# every weight (kvchain-tune pretrain), and score the result on the test
-# split with plain instruction words (probe.py). Prints and saves the time
-# of each step. Needs python3 and no network. See models/README.md.
+# Builds the demo chain's base model and prompts from nothing, with fixed
+# seeds. The steps: generate the synthetic tasks and pretraining corpora
+# (gen-tasks.py), train a byte-level BPE vocabulary on the first corpus
+# (mkvocab.py), write a llama GGUF with random weights and that
+# vocabulary (mkbase), pretrain every weight in six stages (kvchain-tune
+# pretrain), probe the text-trained model with plain instruction words
+# (probe.py), train the stage prompts the FTHSS way and the classic way
+# (kvchain-tune train), and compare the three ways on the test split
+# (kvchain-tune eval). Prints and saves the time of each step. Needs
+# python3 and no network; about 45 minutes on two cores. The files that
+# models/demo/ holds come out as $DEMO_DIR/base.gguf, prompts/ and the
+# logs. See models/README.md.
 #
 # Settings come from the environment:
 #   BUILD_DIR     kvchain build folder (default: build/ of the source tree)
 #   DEMO_DIR      where every file goes (default: $BUILD_DIR/demo)
 #   DEMO_BUILD=no use the binaries already in $BUILD_DIR, do not run make
-#   DEMO_STEPS    pretrain optimiser steps (default 4000)
 #   DEMO_THREADS  worker threads (default 2)
 #   DEMO_PROBE_N  test examples per task that probe.py scores (default 50)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$top/build}
 out=${DEMO_DIR:-$build/demo}
-steps=${DEMO_STEPS:-4000}
 threads=${DEMO_THREADS:-2}
 probe_n=${DEMO_PROBE_N:-50}
 seed=1
 
 # The base model: 1.1 million weights (0.26 million of them in the
-# embedding and output matrices), so pretraining takes minutes on two
-# cores. Copying a name from the input, which every task needs, appeared
-# only after about 2000 steps in trial runs of this setup.
+# embedding and output matrices). Copying a name from the input, which
+# every task needs, appeared only after about 2000 steps in trial runs of
+# this setup.
 dim=128
 layers=4
 heads=4
@@ -72,21 +75,93 @@ step vocab python3 "$top/models/mkvocab.py" "$out/data/corpus.jsonl" \
 step init "$build/models/mkbase" --vocab "$out/vocab.json" \
 	-o "$out/init.gguf" --dim "$dim" --layers "$layers" --heads "$heads" \
 	--kv-heads "$heads" --ff "$ff" --ctx "$ctx" --seed "$seed"
-step pretrain "$build/tune/kvchain-tune" pretrain -m "$out/init.gguf" \
-	-d "$out/data/corpus.jsonl" -o "$out/base.gguf" --steps "$steps" \
-	-b 8 --seq-len 128 --lr 3e-3 --warmup 0.05 --seed "$seed" \
-	--log-every 25 -t "$threads"
-grep '^step=' "$out/pretrain.log" | tail -n 1
+
+# The corpora of the later pretraining stages: the same tasks and names
+# (seed 1), more compress texts, 2 then 3 documents, then the chain's own
+# framing with instruction words where the prompts will sit. The last one,
+# demo/, is the demo chain's task: only the asked creature's document
+# states the asked attribute (--rivals 0). Its single-round files are what
+# the prompts are trained and scored on.
+step data-2 python3 "$top/models/gen-tasks.py" -o "$out/data-2" \
+	--seed "$seed" --corpus-mix 3,1,1 --docs 2
+step data-3 python3 "$top/models/gen-tasks.py" -o "$out/data-3" \
+	--seed "$seed" --corpus-mix 3,1,1
+step data-chain python3 "$top/models/gen-tasks.py" -o "$out/data-chain" \
+	--seed "$seed" --corpus-format chain --corpus-mix 3,1,0
+step data-demo python3 "$top/models/gen-tasks.py" -o "$out/data-demo" \
+	--seed "$seed" --corpus-format chain --corpus-mix 3,1,0 --rivals 0
+
+# Runs kvchain-tune pretrain as step $1 from model $2 on corpus $3 for $4
+# steps at peak learning rate $5 with window seed $6, warm-up $7, and the
+# loss on $8 (all tokens or the outputs only).
+pretrain() {
+	step "$1" "$build/tune/kvchain-tune" pretrain -m "$2" -d "$3" \
+		-o "$out/$1.gguf" --steps "$4" -b 8 --seq-len 128 --lr "$5" \
+		--seed "$6" --warmup "$7" --loss "$8" --log-every 25 \
+		-t "$threads"
+	grep '^step=' "$out/$1.log" | tail -n 1
+}
+
+pretrain pretrain-1 "$out/init.gguf" "$out/data/corpus.jsonl" 4000 3e-3 1 0.05 all
+pretrain pretrain-2 "$out/pretrain-1.gguf" "$out/data-2/corpus.jsonl" 1500 2e-3 2 0.03 all
+pretrain pretrain-3 "$out/pretrain-2.gguf" "$out/data-3/corpus.jsonl" 3400 2e-3 3 0.03 all
+pretrain pretrain-4 "$out/pretrain-3.gguf" "$out/data-3/corpus.jsonl" 1100 1e-3 4 0.03 all
+pretrain pretrain-5 "$out/pretrain-4.gguf" "$out/data-chain/corpus.jsonl" 3000 1.5e-3 4 0.02 all
+pretrain pretrain-6 "$out/pretrain-5.gguf" "$out/data-demo/corpus.jsonl" 2000 1.5e-3 5 0.02 outputs
+cp "$out/pretrain-6.gguf" "$out/base.gguf"
+
 echo "== sample: kvchain-run on a name no training text has"
 "$build/tools/kvchain-run" -m "$out/base.gguf" -n 8 -t "$threads" -q \
-	-p "$(printf 'answer: question What colour is the zorble?\ncontext The zorble is red.\nanswer:')"
+	--special -p "$(printf 'answer: question context answer:\nWhat colour is the zorble?\nThe zorble is red.\n<s>')"
 echo
 step probe python3 "$top/models/probe.py" --run "$build/tools/kvchain-run" \
-	-m "$out/base.gguf" -d "$out/data" -n "$probe_n" -t "$threads"
+	-m "$out/pretrain-4.gguf" -d "$out/data" -n "$probe_n" -t "$threads"
 cat "$out/probe.log"
 
-# TODO: train the stage prompts (kvchain-tune train) on
-# $out/data/single-train.jsonl and multi-train.jsonl, and score them with
-# kvchain-tune eval on the test split.
+# The stage prompts, three ways from the same data (the single-round
+# train split): FTHSS trains A, then B with the cascade mask reading A's
+# KV; the classic chain tunes each stage alone on its own text (B on the
+# reference O_A as text). Each prompt starts from its instruction words,
+# so before training it is the hard prompt the base model was pretrained
+# with.
+# The words end with a newline, which $(...) drops.
+a_words="$(cat "$out/data-demo/words-A.txt")
+"
+b_words="$(cat "$out/data-demo/words-B.txt")
+"
+# Each prompt has as many virtual tokens as its words have tokens.
+count_tokens() {
+	"$build/tools/kvchain-run" -m "$out/base.gguf" -p "$1" --no-bos -n 1 \
+		--print-ids -q 2>&1 >/dev/null |
+		awk '/^prompt ids:/ { print NF - 2; exit }'
+}
+a_len=$(count_tokens "$a_words")
+b_len=$(count_tokens "$b_words")
+tune() {
+	name=$1
+	shift
+	step "$name" "$build/tune/kvchain-tune" train -m "$out/base.gguf" \
+		--seed "$seed" -b 8 --log-every 25 -t "$threads" "$@"
+	grep '^stage=' "$out/$name.log" | tail -n 1
+}
+rm -rf "$out/prompts"
+tune fthss-A -d "$out/data-demo/single-train.jsonl" -o "$out/prompts/fthss-A" \
+	-s A -n "$a_len" --init-text "$a_words" --lr 1e-2 --epochs 1
+tune fthss-B -d "$out/data-demo/single-train.jsonl" -o "$out/prompts/fthss-B" \
+	-s B --prompts-in "$out/prompts/fthss-A/A" -n "$b_len" \
+	--init-text "$b_words" --lr 1e-2 --epochs 1
+tune classic-A -d "$out/data-demo/classic-A-train.jsonl" \
+	-o "$out/prompts/classic-A" -n "$a_len" --init-text "$a_words" \
+	--lr 1e-2 --epochs 1
+tune classic-B -d "$out/data-demo/classic-B-train.jsonl" \
+	-o "$out/prompts/classic-B" -n "$b_len" --init-text "$b_words" \
+	--lr 1e-2 --epochs 1
 
-echo "== done: $out/base.gguf; step times in $timings"
+# The comparison of docs/results.md: the three ways on the test split.
+step eval "$build/tune/kvchain-tune" eval -m "$out/base.gguf" \
+	-d "$out/data-demo/single-test.jsonl" -n 32 -t "$threads" \
+	-p "$out/prompts/fthss-A/A" -p "$out/prompts/fthss-B/B" \
+	--classic "$out/prompts/classic-A/A" --classic "$out/prompts/classic-B/A"
+cat "$out/eval.log"
+
+echo "== done: $out/base.gguf and $out/prompts; step times in $timings"

@@ -132,13 +132,14 @@ def join_documents(documents):
                     for i, d in enumerate(documents))
 
 
-def make_single(world, n_docs, facts_per_doc):
+def make_single(world, n_docs, facts_per_doc, rivals):
     """Build one compress-then-answer example as a dict of segments.
 
     The asked creature's document contains the answer fact and other facts
-    about it. The other documents are about other creatures and always
-    include the asked attribute with its own value, so only the document
-    about the asked creature answers the question.
+    about it. The other documents are about other creatures; @rivals of
+    them (at most all) also state the asked attribute with their own
+    value, so only the document about the asked creature answers the
+    question, and telling it from a rival takes reading the name.
     """
     rng = world.rng
     creatures = world.draw_creatures(n_docs)
@@ -147,7 +148,10 @@ def make_single(world, n_docs, facts_per_doc):
     answer_fact = answer = None
     for i, creature in enumerate(creatures):
         others = [a for a in ATTRIBUTES if a is not asked]
-        attributes = [asked] + rng.sample(others, facts_per_doc - 1)
+        if i <= rivals:
+            attributes = [asked] + rng.sample(others, facts_per_doc - 1)
+        else:
+            attributes = rng.sample(others, facts_per_doc)
         rng.shuffle(attributes)
         sentences = []
         for attribute in attributes:
@@ -248,6 +252,40 @@ def reason_text(ex):
                ex["O_2B"], ex["O_3A"]))
 
 
+# The words that stand where each stage's prompt will sit, in the corpus of
+# --corpus-format chain and as the hard prompts of the demo chain. Each
+# ends with a newline, so the question after it starts a new word.
+COMPRESS_WORDS = "compress: question passages answer sentence:\n"
+ANSWER_WORDS = "answer: question context answer:\n"
+
+
+def chain_rows(world, args):
+    """Lay out new examples as kvchaind frames a chain's stages, one stage
+    per row in the single-stage FTHSS format (I_ALL, I_A, O_A), with the
+    stage's instruction words before the question:
+
+      compress  I_ALL question, I_A the documents, O_A the answer sentence
+      answer    I_ALL question, I_A the answer sentence as text, O_A the
+                short answer (what the text-passing chain's last stage
+                reads)
+
+    --corpus-mix C,A,R sets the share of each; R must be 0, as a
+    multi-round chain does not fit one stage per row.
+    """
+    n_compress, n_answer, _ = (args.corpus * w for w in args.mix)
+    rows = []
+    for _ in range(n_compress):
+        ex = make_single(world, args.docs, args.facts, args.rivals)
+        rows.append({"I_ALL": COMPRESS_WORDS + ex["I_ALL"],
+                     "I_A": ex["I_A"], "O_A": ex["O_A"]})
+    for _ in range(n_answer):
+        ex = make_single(world, args.docs, args.facts, args.rivals)
+        rows.append({"I_ALL": ANSWER_WORDS + ex["I_ALL"],
+                     "I_A": ex["O_A"], "O_A": ex["O_B"]})
+    world.rng.shuffle(rows)
+    return rows
+
+
 def corpus_texts(world, args):
     """Lay out new examples as pretraining text with plain instruction words.
 
@@ -255,9 +293,9 @@ def corpus_texts(world, args):
     reason) go in per --corpus unit; each text has its own example.
     """
     n_compress, n_answer, n_reason = (args.corpus * w for w in args.mix)
-    texts = [compress_text(make_single(world, args.docs, args.facts))
+    texts = [compress_text(make_single(world, args.docs, args.facts, args.rivals))
              for _ in range(n_compress)]
-    texts += [answer_text(make_single(world, args.docs, args.facts))
+    texts += [answer_text(make_single(world, args.docs, args.facts, args.rivals))
               for _ in range(n_answer)]
     texts += [reason_text(make_multi(world, args.distractors))
               for _ in range(n_reason)]
@@ -294,8 +332,17 @@ def parse_args(argv):
     p.add_argument("--corpus-mix", default="1,1,1", metavar="C,A,R",
                    help="texts of each kind per --corpus unit: compress, "
                         "answer, reason (default 1,1,1)")
+    p.add_argument("--corpus-format", choices=("text", "chain"),
+                   default="text",
+                   help="text: plain texts with instruction words "
+                        "({\"text\": ...}); chain: rows laid out as "
+                        "kvchaind frames a stage, with the instruction "
+                        "words before the question (default text)")
     p.add_argument("--docs", type=int, default=3,
                    help="documents in each single-round I_A (default 3)")
+    p.add_argument("--rivals", type=int, default=None,
+                   help="other documents of each single-round I_A that "
+                        "also state the asked attribute (default: all)")
     p.add_argument("--facts", type=int, default=3,
                    help="facts in each document (default 3)")
     p.add_argument("--distractors", type=int, default=3,
@@ -304,7 +351,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 1 <= args.docs <= 8:
         p.error("--docs must be between 1 and 8")
-    if not 1 <= args.facts <= len(ATTRIBUTES):
+    if args.rivals is None:
+        args.rivals = args.docs - 1
+    if args.rivals < 0:
+        p.error("--rivals must not be negative")
+    # a document without the asked attribute takes its facts from the rest
+    if not 1 <= args.facts <= len(ATTRIBUTES) - (args.rivals < args.docs - 1):
         p.error("--facts must be between 1 and %d" % len(ATTRIBUTES))
     try:
         args.mix = [int(w) for w in args.corpus_mix.split(",")]
@@ -312,6 +364,9 @@ def parse_args(argv):
         args.mix = []
     if len(args.mix) != 3 or min(args.mix) < 0:
         p.error("--corpus-mix must be three counts C,A,R of 0 or more")
+    if args.corpus_format == "chain" and args.mix[2]:
+        p.error("--corpus-format chain has no reason texts: "
+                "--corpus-mix must end with 0")
     for name in ("train", "dev", "test", "corpus", "distractors"):
         if getattr(args, name) < 0:
             p.error("--%s must not be negative" % name)
@@ -330,18 +385,34 @@ def main(argv):
         # leaves the other files as they were
         world = World(creatures[split], people[split],
                       random.Random("%d/%s/single" % (args.seed, split)))
-        single = [make_single(world, args.docs, args.facts)
+        single = [make_single(world, args.docs, args.facts, args.rivals)
                   for _ in range(sizes[split])]
         world.rng = random.Random("%d/%s/multi" % (args.seed, split))
         multi = [make_multi(world, args.distractors)
                  for _ in range(sizes[split])]
         write_jsonl(os.path.join(args.out, "single-%s.jsonl" % split), single)
+        # each stage of the classic chain is tuned alone on its own text
+        write_jsonl(os.path.join(args.out, "classic-A-%s.jsonl" % split),
+                    [{"I_ALL": ex["I_ALL"], "I_A": ex["I_A"],
+                      "O_A": ex["O_A"]} for ex in single])
+        write_jsonl(os.path.join(args.out, "classic-B-%s.jsonl" % split),
+                    [{"I_ALL": ex["I_ALL"], "I_A": ex["O_A"],
+                      "O_A": ex["O_B"]} for ex in single])
         write_jsonl(os.path.join(args.out, "multi-%s.jsonl" % split), multi)
     world = World(creatures["train"], people["train"],
                   random.Random("%d/corpus" % args.seed))
-    texts = corpus_texts(world, args)
-    write_jsonl(os.path.join(args.out, "corpus.jsonl"),
-                [{"text": t} for t in texts])
+    if args.corpus_format == "chain":
+        rows = chain_rows(world, args)
+        # the words stand for the stage prompts: hard prompts as they are,
+        # and where tuned prompts start from
+        for name, words in (("words-A.txt", COMPRESS_WORDS),
+                            ("words-B.txt", ANSWER_WORDS)):
+            with open(os.path.join(args.out, name), "w",
+                      encoding="utf-8") as f:
+                f.write(words)
+    else:
+        rows = [{"text": t} for t in corpus_texts(world, args)]
+    write_jsonl(os.path.join(args.out, "corpus.jsonl"), rows)
     return 0
 
 

@@ -1,55 +1,204 @@
 #!/bin/sh
-# Builds what is missing, writes a small seeded test model, generates text
-# from it in one process with kvchain-run, then runs a two-stage chain
-# through kvchaind as two client processes that pass KV by handle. The
-# model's weights are random, so its text is noise: the demo shows the
-# plumbing. Arguments go to kvchain-run.
+# The demo chain: builds what is missing, starts kvchaind on the demo
+# model (or uses a running daemon), and for each question runs stage A
+# (compress the passages into the sentence that answers) and stage B
+# (answer from that sentence) as two processes; stage B reads stage A's
+# KV through the segment handle stage A printed. Prints the question, O_A,
+# O_B and the timings, and stops the daemon it started.
+#
+# usage: scripts/demo.sh [-m MODEL.gguf] [-a PROMPT_A -b PROMPT_B]
+#                        [--hard-a TEXT --hard-b TEXT] [-q QUESTIONS.jsonl]
+#                        [-s SOCKET] [-n N]
+#
+#   -m FILE      base model (default models/demo/base.gguf)
+#   -a, -b DIR   PEFT prompt adapters of stages A and B (default: the demo's
+#                FTHSS prompts with the demo model, none with another)
+#   --hard-a, --hard-b TEXT
+#                hard prompts, used when no adapters are given (default:
+#                the demo's instruction words)
+#   -q FILE      JSON Lines with I_ALL, I_A and, to be checked, O_B
+#                (default models/demo/questions.jsonl)
+#   -s SOCKET    use the kvchaind already serving on SOCKET
+#   -n N         questions to run (default 5)
+#
+# Exits 0 when every question ran, whatever the answers; 1 otherwise.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$top/build}
+demo=$top/models/demo
 
-"$top/scripts/build.sh"
-model="$build/demo-model.gguf"
-if [ ! -f "$model" ]; then
-	"$build/tests/mkmodel" -o "$model" --arch llama --type Q8_0 --tok bpe \
-		--pre llama3 --dim 256 --layers 4 --heads 4 --kv-heads 2 --ff 768 \
-		--ctx 512 --seed 1
-fi
+model=$demo/base.gguf
+prompt_a=""
+prompt_b=""
+# The instruction words the demo model was pretrained with; $(...) drops
+# their final newline.
+hard_a="$(cat "$demo/words-A.txt")
+"
+hard_b="$(cat "$demo/words-B.txt")
+"
+questions=$demo/questions.jsonl
+socket=""
+count=5
+own_model=no
 
-# Random weights emit arbitrary bytes; show control bytes as '?'.
-printable() {
-	LC_ALL=C tr -c '[:print:]\n' '?'
+die() {
+	echo "demo: $*" >&2
+	exit 1
 }
 
-echo "== one process: kvchain-run on $model (random weights)"
-"$build/tools/kvchain-run" -m "$model" -p "Hello world, the" -n 32 \
-	--temp 0.8 --top-k 40 --seed 1 "$@" | printable
+need_arg() {
+	[ "$#" -ge 2 ] || die "$1 needs a value; see the top of scripts/demo.sh"
+}
 
-echo
-echo "== two processes: kvchaind, then stage A and stage B passing a handle"
+while [ "$#" -gt 0 ]; do
+	case $1 in
+	-m) need_arg "$@"; model=$2; own_model=yes ;;
+	-a) need_arg "$@"; prompt_a=$2 ;;
+	-b) need_arg "$@"; prompt_b=$2 ;;
+	--hard-a) need_arg "$@"; hard_a=$2 ;;
+	--hard-b) need_arg "$@"; hard_b=$2 ;;
+	-q) need_arg "$@"; questions=$2 ;;
+	-s) need_arg "$@"; socket=$2 ;;
+	-n) need_arg "$@"; count=$2 ;;
+	-h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) die "unknown argument '$1'; see the top of scripts/demo.sh" ;;
+	esac
+	shift 2
+done
+if { [ -n "$prompt_a" ] && [ -z "$prompt_b" ]; } ||
+   { [ -z "$prompt_a" ] && [ -n "$prompt_b" ]; }; then
+	die "give both -a and -b, or neither"
+fi
+if [ -z "$prompt_a" ] && [ "$own_model" = no ]; then
+	prompt_a=$demo/prompts/fthss/A
+	prompt_b=$demo/prompts/fthss/B
+fi
+case $count in
+''|*[!0-9]*) die "-n wants a count of questions, got '$count'" ;;
+esac
+[ -f "$model" ] || die "$model: no such file"
+[ -f "$questions" ] || die "$questions: no such file"
+command -v python3 >/dev/null || die "python3 is required (scripts/deps.sh installs it)"
+
+now() {
+	date +%s.%N
+}
+
+start=$(now)
+"$top/scripts/build.sh"
+awk -v a="$start" -v b="$(now)" \
+	'BEGIN { printf "build: %.1f s (only what was missing)\n", b - a }'
+
 dir=$(mktemp -d)
 daemon_pid=""
 cleanup() {
-	[ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+	if [ -n "$daemon_pid" ]; then
+		kill "$daemon_pid" 2>/dev/null || true
+		wait "$daemon_pid" 2>/dev/null || true
+	fi
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-"$build/daemon/kvchaind" --model "$model" --socket "$dir/kvchaind.sock" \
-	--arena-mib 64 --log-level warn 2>"$dir/kvchaind.log" &
-daemon_pid=$!
-tries=0
-while [ ! -S "$dir/kvchaind.sock" ]; do
-	tries=$((tries + 1))
-	if [ "$tries" -gt 100 ] || ! kill -0 "$daemon_pid" 2>/dev/null; then
-		echo "kvchaind did not start; its log:" >&2
-		cat "$dir/kvchaind.log" >&2
-		exit 1
+trap 'exit 1' INT TERM
+
+if [ -z "$socket" ]; then
+	socket=$dir/kvchaind.sock
+	"$build/daemon/kvchaind" --model "$model" --socket "$socket" \
+		--arena-mib 64 --log-level warn 2>"$dir/kvchaind.log" &
+	daemon_pid=$!
+	tries=0
+	while [ ! -S "$socket" ]; do
+		tries=$((tries + 1))
+		if [ "$tries" -gt 200 ] || ! kill -0 "$daemon_pid" 2>/dev/null; then
+			echo "demo: kvchaind did not start; its log:" >&2
+			cat "$dir/kvchaind.log" >&2
+			exit 1
+		fi
+		sleep 0.05
+	done
+	echo "kvchaind: serving $model on $socket (pid $daemon_pid)"
+else
+	[ -S "$socket" ] || die "$socket: no kvchaind socket there"
+	echo "kvchaind: using the daemon on $socket"
+fi
+if [ -n "$prompt_a" ]; then
+	echo "prompts: $prompt_a, $prompt_b"
+	set -- "$prompt_a" "$prompt_b"
+else
+	echo "prompts: hard, as text"
+	set -- --hard-a "$hard_a" --hard-b "$hard_b"
+fi
+
+# One question per file: I_ALL, I_A and the expected O_B (maybe empty).
+python3 - "$questions" "$count" "$dir" <<'EOF'
+import json, os, sys
+path, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path, encoding="utf-8") as f:
+    rows = [line for line in f if line.strip()][:count]
+for i, line in enumerate(rows, 1):
+    try:
+        ex = json.loads(line)
+        fields = [ex["I_ALL"], ex["I_A"], ex.get("O_B", "")]
+    except (ValueError, KeyError, TypeError) as e:
+        sys.exit("demo: %s:%d: expected an object with I_ALL and I_A (%s)"
+                 % (path, i, e))
+    for name, text in zip(("q", "a", "ref"), fields):
+        with open(os.path.join(out, "%d.%s" % (i, name)), "w",
+                  encoding="utf-8") as f:
+            f.write(text)
+EOF
+
+# Lower case, no punctuation and no surrounding blanks, as exact match
+# scores.
+normal() {
+	tr '[:upper:]' '[:lower:]' | tr -d '[:punct:]' |
+		sed 's/^[[:space:]]*//; s/[[:space:]]*$//'
+}
+
+asked=0
+right=0
+checked=0
+i=1
+while [ -f "$dir/$i.q" ]; do
+	asked=$((asked + 1))
+	echo
+	echo "Q$i: $(cat "$dir/$i.q")"
+	echo "    passages: $(cat "$dir/$i.a")"
+	t0=$(now)
+	if ! "$build/examples/chain-stage-a" --socket "$socket" --timings \
+		--i-all "$(cat "$dir/$i.q")" --i-a "$(cat "$dir/$i.a")" \
+		--max-tokens 32 "$@" >"$dir/handle" 2>"$dir/a.err"; then
+		cat "$dir/a.err" >&2
+		die "stage A failed on question $i"
 	fi
-	sleep 0.1
+	o_a=$(sed -n 's/^O_A: //p' "$dir/a.err")
+	a_time=$(sed -n 's/^stage A: \([0-9.]*\) ms.*/\1/p' "$dir/a.err")
+	handle=$(cat "$dir/handle")
+	if ! o_b=$("$build/examples/chain-stage-b" --socket "$socket" \
+		--timings --max-tokens 16 "$handle" 2>"$dir/b.err"); then
+		cat "$dir/b.err" >&2
+		die "stage B failed on question $i"
+	fi
+	t1=$(now)
+	b_first=$(sed -n 's/^stage B: first token \([0-9.]*\) ms.*/\1/p' "$dir/b.err")
+	b_time=$(sed -n 's/.*O_B in \([0-9.]*\) ms.*/\1/p' "$dir/b.err")
+	echo "    O_A (stage A process): $o_a"
+	echo "    O_B (stage B process, attached to segment $handle): $(printf '%s' "$o_b" | tr '\n' ' ')"
+	if [ -s "$dir/$i.ref" ]; then
+		checked=$((checked + 1))
+		if [ "$(printf '%s' "$o_b" | normal)" = "$(normal <"$dir/$i.ref")" ]; then
+			right=$((right + 1))
+			echo "    right (expected: $(cat "$dir/$i.ref"))"
+		else
+			echo "    wrong (expected: $(cat "$dir/$i.ref"))"
+		fi
+	fi
+	awk -v a="$a_time" -v f="$b_first" -v b="$b_time" -v s="$t0" -v e="$t1" \
+		'BEGIN { printf "    time: stage A %.1f ms; stage B first token %.2f ms, all %.2f ms; both processes %.0f ms\n", a, f, b, (e - s) * 1e3 }'
+	i=$((i + 1))
 done
-# stage A prints O_A on stderr and the handle on stdout
-"$build/examples/chain-stage-a" --socket "$dir/kvchaind.sock" \
-	--max-tokens 24 --ignore-eos 2>&1 >"$dir/handle" | printable
-handle=$(cat "$dir/handle")
-echo "stage A wrote O_A into segment $handle and exited"
-echo "O_B: $("$build/examples/chain-stage-b" --socket "$dir/kvchaind.sock" "$handle" | printable)"
+echo
+[ "$asked" -gt 0 ] || die "$questions has no questions"
+if [ "$checked" -gt 0 ]; then
+	echo "$right of $checked answers right"
+fi
