@@ -148,6 +148,27 @@ shared_scores=$(sed -n 's/^| shared | 8 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table3
 naive_scores=$(sed -n 's/^| naive | 8 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table3")
 [ -n "$shared_scores" ] && [ "$shared_scores" = "$naive_scores" ] ||
 	fail "naive way with the shared way's prompts scored '$naive_scores', shared '$shared_scores'"
+# A multi-round chain: both prompts train jointly into one adapter, eval
+# splits it per stage, scores the last round's output, and the naive way
+# with the same prompts again equals the shared way.
+printf '%s\n' '{"I_ALL": "one", "I_B": "two", "O_1A": "a", "O_1B": "b", "O_2A": "c"}' \
+	'{"I_ALL": "three", "I_B": "four", "O_1A": "d", "O_1B": "e", "O_2A": "f"}' >"$dir/multi.jsonl"
+"$tune" train -m "$dir/m.gguf" -d "$dir/multi.jsonl" -o "$dir/multi" -n 4 -b 2 --epochs 1 \
+	--init-text "one" --init-text "two" >/dev/null 2>"$dir/err" ||
+	fail "multi-round training exited $?: $(cat "$dir/err")"
+"$tune" eval -m "$dir/m.gguf" -d "$dir/multi.jsonl" -p "$dir/multi/AB" -n 4 \
+	--classic "$dir/multi/AB" >"$dir/table4" 2>"$dir/err" ||
+	fail "multi-round eval exited $?: $(cat "$dir/err")"
+grep -q '^| way | examples | EM | F1 | stage-A time to first token (ms) | ' "$dir/table4" ||
+	fail "the multi-round table does not time stage A, the last round's: $(cat "$dir/table4")"
+for way in shared recompute classic naive; do
+	grep -q "^| $way | 2 | " "$dir/table4" || fail "no $way row for the multi-round chain"
+done
+shared_scores=$(sed -n 's/^| shared | 2 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table4")
+naive_scores=$(sed -n 's/^| naive | 2 | \([^|]*| [^|]*\)|.*/\1/p' "$dir/table4")
+[ -n "$shared_scores" ] && [ "$shared_scores" = "$naive_scores" ] ||
+	fail "multi-round naive way with the shared way's prompts scored '$naive_scores', shared '$shared_scores'"
+
 expect_error "has 2 stages but --classic gave 1" eval -m "$dir/m.gguf" -d "$dir/copy.jsonl" \
 	-p "$dir/trained/A" -p "$dir/trained/B" --classic "$dir/trained/A"
 

@@ -58,7 +58,8 @@ struct train_opts {
 	char *prompt_dirs[MAX_PROMPT_DIRS];
 	uint32_t n_prompt_dirs;
 	uint32_t prompt_len;
-	const char *init_text;
+	const char *init_texts[CHAIN_MAX_STAGES];	/* by stage */
+	uint32_t n_init_texts;
 	bool init_random;
 	uint64_t seed;
 	struct tune_adamw adamw;
@@ -108,7 +109,9 @@ static void usage(FILE *out)
 "                          (repeatable; fills stages A, B, ... in order)\n"
 "  -n, --prompt-len N      virtual tokens per stage prompt (default 50)\n"
 "      --init-text TEXT    initialise prompts from the token embeddings of\n"
-"                          TEXT, repeated to the prompt length\n"
+"                          TEXT, repeated to the prompt length; repeatable:\n"
+"                          the first is stage A's, the second B's, ..., the\n"
+"                          last also every later stage's\n"
 "      --init random       initialise from the embeddings of random tokens\n"
 "                          (the default without --init-text)\n"
 "      --seed N            random seed (default 0)\n"
@@ -231,7 +234,13 @@ static int parse_args(int argc, char **argv, struct train_opts *o)
 			o->prompt_len = (uint32_t)u;
 			break;
 		case OPT_INIT_TEXT:
-			o->init_text = optarg;
+			if (o->n_init_texts == CHAIN_MAX_STAGES) {
+				fprintf(stderr,
+					"kvchain-tune: at most %d --init-text values\n",
+					CHAIN_MAX_STAGES);
+				return -1;
+			}
+			o->init_texts[o->n_init_texts++] = optarg;
 			break;
 		case OPT_INIT:
 			if (strcmp(optarg, "random") != 0) {
@@ -321,7 +330,7 @@ static int parse_args(int argc, char **argv, struct train_opts *o)
 			"kvchain-tune: --model, --data and --out are required; see kvchain-tune train --help\n");
 		return -1;
 	}
-	if (o->init_text && o->init_random) {
+	if (o->n_init_texts && o->init_random) {
 		fprintf(stderr,
 			"kvchain-tune: --init random and --init-text exclude each other\n");
 		return -1;
@@ -424,8 +433,8 @@ static void hash_settings(struct trainer *t)
 				      t->data.examples[e].len[k] + 1);
 	h = tune_hash(h, &o->stage, sizeof(o->stage));
 	h = tune_hash(h, &o->prompt_len, sizeof(o->prompt_len));
-	if (o->init_text)
-		h = tune_hash(h, o->init_text, strlen(o->init_text) + 1);
+	for (i = 0; i < o->n_init_texts; i++)
+		h = tune_hash(h, o->init_texts[i], strlen(o->init_texts[i]) + 1);
 	h = tune_hash(h, &o->seed, sizeof(o->seed));
 	h = tune_hash(h, &o->adamw, sizeof(o->adamw));
 	h = tune_hash(h, &o->epochs, sizeof(o->epochs));
@@ -566,32 +575,48 @@ static void stage_run_free(struct stage_run *r)
 		free(r->g_one[i]);
 }
 
+/* Returns the ids of @text (free with free()) in *ids, or a negative errno. */
+static int encode_init_text(const struct tokenizer *tok, const char *text,
+			    int32_t **ids)
+{
+	size_t len = strlen(text);
+	int n = tok_encode(tok, text, len, 0, NULL, 0);
+
+	if (n <= 0) {
+		fprintf(stderr,
+			"kvchain-tune: --init-text '%s' encodes to no tokens\n",
+			text);
+		return -EINVAL;
+	}
+	*ids = malloc((size_t)n * sizeof(int32_t));
+	if (!*ids)
+		return -ENOMEM;
+	tok_encode(tok, text, len, 0, *ids, (size_t)n);
+	return n;
+}
+
 /* Fills the trained slots from --init-text or random token embeddings. */
 static int init_prompts(struct trainer *t, struct stage_run *r,
 			struct tune_rng *rng)
 {
 	const struct tokenizer *tok = t->model->tok;
 	uint32_t n_vocab = t->model->cfg.n_vocab, s, j;
-	int32_t *ids = NULL;
-	int n_ids = 0;
 
-	if (t->o.init_text) {
-		size_t len = strlen(t->o.init_text);
-
-		n_ids = tok_encode(tok, t->o.init_text, len, 0, NULL, 0);
-		if (n_ids <= 0) {
-			fprintf(stderr,
-				"kvchain-tune: --init-text encodes to no tokens\n");
-			return -EINVAL;
-		}
-		ids = malloc((size_t)n_ids * sizeof(int32_t));
-		if (!ids)
-			return -ENOMEM;
-		tok_encode(tok, t->o.init_text, len, 0, ids, (size_t)n_ids);
-	}
 	for (s = 0; s < t->n_slots; s++) {
+		int32_t *ids = NULL;
+		int n_ids = 0;
+
 		if (!r->trained[s])
 			continue;
+		if (t->o.n_init_texts) {
+			uint32_t i = s < t->o.n_init_texts ? s :
+				     t->o.n_init_texts - 1;
+
+			n_ids = encode_init_text(tok, t->o.init_texts[i],
+						 &ids);
+			if (n_ids < 0)
+				return n_ids;
+		}
 		for (j = 0; j < t->rows[s]; j++) {
 			int32_t id;
 
@@ -605,8 +630,8 @@ static int init_prompts(struct trainer *t, struct stage_run *r,
 			model_embed(t->model, id,
 				    t->prompts[s] + (size_t)j * t->d);
 		}
+		free(ids);
 	}
-	free(ids);
 	return 0;
 }
 

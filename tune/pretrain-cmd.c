@@ -24,9 +24,13 @@
 #include "optim.h"
 #include "pretrain.h"
 
+/* Most --data files of one run. */
+#define PRETRAIN_MAX_DATA 8
+
 struct pretrain_opts {
 	const char *model_path;
-	const char *data_path;
+	const char *data_paths[PRETRAIN_MAX_DATA];
+	uint32_t n_data;
 	const char *out_path;
 	uint64_t steps;
 	struct tune_adamw adamw;
@@ -72,7 +76,8 @@ static void usage(FILE *out)
 "(tests/mkmodel makes one with random weights).\n"
 "\n"
 "  -m, --model FILE        GGUF model to start from\n"
-"  -d, --data FILE         training text, either\n"
+"  -d, --data FILE         training text (repeatable: the files are joined\n"
+"                          in order), either\n"
 "                          - JSON Lines (or a JSON array) of objects\n"
 "                            {\"text\": \"...\"}: each text is fed as BOS +\n"
 "                            its tokens + EOS; or\n"
@@ -126,7 +131,13 @@ static int parse_opt(int c, const char *arg, struct pretrain_opts *o)
 		o->model_path = arg;
 		return 0;
 	case 'd':
-		o->data_path = arg;
+		if (o->n_data == PRETRAIN_MAX_DATA) {
+			fprintf(stderr,
+				"kvchain-tune: at most %d --data files\n",
+				PRETRAIN_MAX_DATA);
+			return -1;
+		}
+		o->data_paths[o->n_data++] = arg;
 		return 0;
 	case 'o':
 		o->out_path = arg;
@@ -243,7 +254,7 @@ static int parse_args(int argc, char **argv, struct pretrain_opts *o)
 			argv[optind]);
 		return -1;
 	}
-	if (!o->model_path || !o->data_path || !o->out_path) {
+	if (!o->model_path || !o->n_data || !o->out_path) {
 		fprintf(stderr,
 			"kvchain-tune: --model, --data and --out are required; see kvchain-tune pretrain --help\n");
 		return -1;
@@ -326,6 +337,57 @@ static int resume(struct pretrainer *t)
 }
 
 /* Loads the model and text, and makes the weights and buffers. */
+/*
+ * Loads every --data file into one stream, in the order given; windows may
+ * span two files as they span two texts.
+ */
+static int load_data(struct pretrainer *t, char *err, size_t errlen)
+{
+	uint32_t f;
+	int rc = 0;
+
+	for (f = 0; f < t->o.n_data && rc == 0; f++) {
+		uint8_t *untrained = NULL, *u = NULL;
+		int32_t *ids, *p;
+		size_t n;
+
+		if (t->o.outputs_only)
+			rc = tune_pretrain_load_outputs(t->o.data_paths[f],
+							t->src, &ids,
+							&untrained, &n, err,
+							errlen);
+		else
+			rc = tune_pretrain_load_text(t->o.data_paths[f],
+						     t->src, &ids, &n, err,
+						     errlen);
+		if (rc < 0)
+			break;
+		p = realloc(t->stream, (t->n_stream + n) * sizeof(int32_t));
+		if (p)
+			t->stream = p;
+		if (p && untrained) {
+			u = realloc(t->untrained, t->n_stream + n);
+			if (u)
+				t->untrained = u;
+		}
+		if (!p || (untrained && !u)) {
+			snprintf(err, errlen, "out of memory reading %s",
+				 t->o.data_paths[f]);
+			rc = -ENOMEM;
+		} else {
+			memcpy(t->stream + t->n_stream, ids,
+			       n * sizeof(int32_t));
+			if (untrained)
+				memcpy(t->untrained + t->n_stream, untrained,
+				       n);
+			t->n_stream += n;
+		}
+		free(ids);
+		free(untrained);
+	}
+	return rc;
+}
+
 static int setup(struct pretrainer *t)
 {
 	char err[512];
@@ -342,14 +404,8 @@ static int setup(struct pretrainer *t)
 		fprintf(stderr, "kvchain-tune: %s: %s\n", t->o.model_path, err);
 		return rc;
 	}
-	if (rc == 0 && t->o.outputs_only)
-		rc = tune_pretrain_load_outputs(t->o.data_path, t->src,
-						&t->stream, &t->untrained,
-						&t->n_stream, err, sizeof(err));
-	else if (rc == 0)
-		rc = tune_pretrain_load_text(t->o.data_path, t->src,
-					     &t->stream, &t->n_stream, err,
-					     sizeof(err));
+	if (rc == 0)
+		rc = load_data(t, err, sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "kvchain-tune: %s\n", err);
 		return rc;
@@ -363,8 +419,9 @@ static int setup(struct pretrainer *t)
 			t->o.seq_len, t->src->cfg.n_ctx_train);
 	if (t->n_stream < (size_t)t->o.seq_len + 1) {
 		fprintf(stderr,
-			"kvchain-tune: %s holds %zu tokens, fewer than --seq-len %u + 1; lower --seq-len or add text\n",
-			t->o.data_path, t->n_stream, t->o.seq_len);
+			"kvchain-tune: %s%s holds %zu tokens, fewer than --seq-len %u + 1; lower --seq-len or add text\n",
+			t->o.data_paths[0], t->o.n_data > 1 ? " and the other --data files" : "",
+			t->n_stream, t->o.seq_len);
 		return -EINVAL;
 	}
 	t->pool = kern_pool_create(t->o.n_threads);
