@@ -8,7 +8,7 @@
 # (probe.py), train the stage prompts the FTHSS way and the classic way
 # (kvchain-tune train), and compare the three ways on the test split
 # (kvchain-tune eval). Prints and saves the time of each step. Needs
-# python3 and no network; about 45 minutes on two cores. The files that
+# python3 and no network; about 50 minutes on two cores. The files that
 # models/demo/ holds come out as $DEMO_DIR/base.gguf, prompts/ and the
 # logs. See models/README.md.
 #
@@ -79,9 +79,10 @@ step init "$build/models/mkbase" --vocab "$out/vocab.json" \
 # The corpora of the later pretraining stages: the same tasks and names
 # (seed 1), more compress texts, 2 then 3 documents, then the chain's own
 # framing with instruction words where the prompts will sit. The last one,
-# demo/, is the demo chain's task: only the asked creature's document
-# states the asked attribute (--rivals 0). Its single-round files are what
-# the prompts are trained and scored on.
+# data-demo/, is the demo chain's task: only the asked creature's document
+# states the asked attribute (--rivals 0), and the two-hop texts come as
+# the classic chain's stages read them. Its task files are what the
+# prompts are trained and scored on.
 step data-2 python3 "$top/models/gen-tasks.py" -o "$out/data-2" \
 	--seed "$seed" --corpus-mix 3,1,1 --docs 2
 step data-3 python3 "$top/models/gen-tasks.py" -o "$out/data-3" \
@@ -89,25 +90,33 @@ step data-3 python3 "$top/models/gen-tasks.py" -o "$out/data-3" \
 step data-chain python3 "$top/models/gen-tasks.py" -o "$out/data-chain" \
 	--seed "$seed" --corpus-format chain --corpus-mix 3,1,0
 step data-demo python3 "$top/models/gen-tasks.py" -o "$out/data-demo" \
-	--seed "$seed" --corpus-format chain --corpus-mix 3,1,0 --rivals 0
+	--seed "$seed" --corpus-format chain --corpus-mix 3,1,1 --rivals 0
 
-# Runs kvchain-tune pretrain as step $1 from model $2 on corpus $3 for $4
-# steps at peak learning rate $5 with window seed $6, warm-up $7, and the
-# loss on $8 (all tokens or the outputs only).
+# Runs kvchain-tune pretrain as step $1 from model $2 for $3 steps at
+# peak learning rate $4 with window seed $5, warm-up $6 and the loss on $7
+# (all tokens or the outputs only); the rest are the corpora.
 pretrain() {
-	step "$1" "$build/tune/kvchain-tune" pretrain -m "$2" -d "$3" \
-		-o "$out/$1.gguf" --steps "$4" -b 8 --seq-len 128 --lr "$5" \
-		--seed "$6" --warmup "$7" --loss "$8" --log-every 25 \
-		-t "$threads"
-	grep '^step=' "$out/$1.log" | tail -n 1
+	name=$1 from=$2 steps=$3 lr=$4 window_seed=$5 warmup=$6 loss=$7
+	shift 7
+	for corpus in "$@"; do
+		set -- "$@" -d "$corpus"
+		shift
+	done
+	step "$name" "$build/tune/kvchain-tune" pretrain -m "$from" "$@" \
+		-o "$out/$name.gguf" --steps "$steps" -b 8 --seq-len 128 \
+		--lr "$lr" --seed "$window_seed" --warmup "$warmup" \
+		--loss "$loss" --log-every 25 -t "$threads"
+	grep '^step=' "$out/$name.log" | tail -n 1
 }
 
-pretrain pretrain-1 "$out/init.gguf" "$out/data/corpus.jsonl" 4000 3e-3 1 0.05 all
-pretrain pretrain-2 "$out/pretrain-1.gguf" "$out/data-2/corpus.jsonl" 1500 2e-3 2 0.03 all
-pretrain pretrain-3 "$out/pretrain-2.gguf" "$out/data-3/corpus.jsonl" 3400 2e-3 3 0.03 all
-pretrain pretrain-4 "$out/pretrain-3.gguf" "$out/data-3/corpus.jsonl" 1100 1e-3 4 0.03 all
-pretrain pretrain-5 "$out/pretrain-4.gguf" "$out/data-chain/corpus.jsonl" 3000 1.5e-3 4 0.02 all
-pretrain pretrain-6 "$out/pretrain-5.gguf" "$out/data-demo/corpus.jsonl" 2000 1.5e-3 5 0.02 outputs
+pretrain pretrain-1 "$out/init.gguf" 4000 3e-3 1 0.05 all "$out/data/corpus.jsonl"
+pretrain pretrain-2 "$out/pretrain-1.gguf" 1500 2e-3 2 0.03 all "$out/data-2/corpus.jsonl"
+pretrain pretrain-3 "$out/pretrain-2.gguf" 3400 2e-3 3 0.03 all "$out/data-3/corpus.jsonl"
+pretrain pretrain-4 "$out/pretrain-3.gguf" 1100 1e-3 4 0.03 all "$out/data-3/corpus.jsonl"
+pretrain pretrain-5 "$out/pretrain-4.gguf" 3000 1.5e-3 4 0.02 all "$out/data-chain/corpus.jsonl"
+pretrain pretrain-6 "$out/pretrain-5.gguf" 4000 1.5e-3 5 0.02 outputs \
+	"$out/data-demo/corpus.jsonl" "$out/data-demo/corpus-multi-A.jsonl" \
+	"$out/data-demo/corpus-multi-B.jsonl"
 cp "$out/pretrain-6.gguf" "$out/base.gguf"
 
 echo "== sample: kvchain-run on a name no training text has"
@@ -129,6 +138,10 @@ a_words="$(cat "$out/data-demo/words-A.txt")
 "
 b_words="$(cat "$out/data-demo/words-B.txt")
 "
+ma_words="$(cat "$out/data-demo/words-multi-A.txt")
+"
+mb_words="$(cat "$out/data-demo/words-multi-B.txt")
+"
 # Each prompt has as many virtual tokens as its words have tokens.
 count_tokens() {
 	"$build/tools/kvchain-run" -m "$out/base.gguf" -p "$1" --no-bos -n 1 \
@@ -137,6 +150,11 @@ count_tokens() {
 }
 a_len=$(count_tokens "$a_words")
 b_len=$(count_tokens "$b_words")
+ma_len=$(count_tokens "$ma_words")
+mb_len=$(count_tokens "$mb_words")
+# The stages of a multi-round chain train jointly with one prompt length,
+# so the shorter words repeat to fill it.
+m_len=$((ma_len > mb_len ? ma_len : mb_len))
 tune() {
 	name=$1
 	shift
@@ -145,6 +163,7 @@ tune() {
 	grep '^stage=' "$out/$name.log" | tail -n 1
 }
 rm -rf "$out/prompts"
+mkdir -p "$out/prompts"
 tune fthss-A -d "$out/data-demo/single-train.jsonl" -o "$out/prompts/fthss-A" \
 	-s A -n "$a_len" --init-text "$a_words" --lr 1e-2 --epochs 1
 tune fthss-B -d "$out/data-demo/single-train.jsonl" -o "$out/prompts/fthss-B" \
@@ -157,11 +176,29 @@ tune classic-B -d "$out/data-demo/classic-B-train.jsonl" \
 	-o "$out/prompts/classic-B" -n "$b_len" --init-text "$b_words" \
 	--lr 1e-2 --epochs 1
 
-# The comparison of docs/results.md: the three ways on the test split.
+# The multi-round chain: FTHSS trains both prompts jointly on every round;
+# the classic chain tunes each stage alone on each of its rounds' text.
+tune fthss-multi -d "$out/data-demo/multi-train.jsonl" \
+	-o "$out/prompts/fthss-multi" -n "$m_len" --init-text "$ma_words" \
+	--init-text "$mb_words" --lr 1e-2 --epochs 6
+tune classic-multi-A -d "$out/data-demo/classic-multi-A-train.jsonl" \
+	-o "$out/prompts/classic-multi-A" -n "$ma_len" \
+	--init-text "$ma_words" --lr 1e-2 --epochs 1
+tune classic-multi-B -d "$out/data-demo/classic-multi-B-train.jsonl" \
+	-o "$out/prompts/classic-multi-B" -n "$mb_len" \
+	--init-text "$mb_words" --lr 1e-2 --epochs 1
+
+# The comparison of docs/results.md: the three ways on the test splits.
 step eval "$build/tune/kvchain-tune" eval -m "$out/base.gguf" \
 	-d "$out/data-demo/single-test.jsonl" -n 32 -t "$threads" \
 	-p "$out/prompts/fthss-A/A" -p "$out/prompts/fthss-B/B" \
 	--classic "$out/prompts/classic-A/A" --classic "$out/prompts/classic-B/A"
 cat "$out/eval.log"
+step eval-multi "$build/tune/kvchain-tune" eval -m "$out/base.gguf" \
+	-d "$out/data-demo/multi-test.jsonl" -n 32 -t "$threads" \
+	-p "$out/prompts/fthss-multi/AB" \
+	--classic "$out/prompts/classic-multi-A/A" \
+	--classic "$out/prompts/classic-multi-B/A"
+cat "$out/eval-multi.log"
 
 echo "== done: $out/base.gguf and $out/prompts; step times in $timings"

@@ -257,6 +257,8 @@ def reason_text(ex):
 # ends with a newline, so the question after it starts a new word.
 COMPRESS_WORDS = "compress: question passages answer sentence:\n"
 ANSWER_WORDS = "answer: question context answer:\n"
+REASON_WORDS = "reason: question step:\n"
+RECALL_WORDS = "recall: facts\n"
 
 
 def chain_rows(world, args):
@@ -269,8 +271,8 @@ def chain_rows(world, args):
                 short answer (what the text-passing chain's last stage
                 reads)
 
-    --corpus-mix C,A,R sets the share of each; R must be 0, as a
-    multi-round chain does not fit one stage per row.
+    --corpus-mix C,A,R sets the share of each; the R reason texts are
+    multi-round chains and go to multi_rows() instead.
     """
     n_compress, n_answer, _ = (args.corpus * w for w in args.mix)
     rows = []
@@ -283,6 +285,40 @@ def chain_rows(world, args):
         rows.append({"I_ALL": ANSWER_WORDS + ex["I_ALL"],
                      "I_A": ex["O_A"], "O_A": ex["O_B"]})
     world.rng.shuffle(rows)
+    return rows
+
+
+def multi_rows(world, args):
+    """Lay out new two-hop examples as the classic chain's stages read them,
+    one output per row (classic_multi()), with the stage's instruction words
+    before the question. Returns the rows of stage A and of stage B, whose
+    keys differ (B has its input I_B as I_A).
+    """
+    examples = [make_multi(world, args.distractors)
+                for _ in range(args.corpus * args.mix[2])]
+    rows = classic_multi(examples)
+    for stage, words in (("A", REASON_WORDS), ("B", RECALL_WORDS)):
+        for row in rows[stage]:
+            row["I_ALL"] = words + row["I_ALL"]
+    return rows["A"], rows["B"]
+
+
+def classic_multi(examples):
+    """Split multi-round examples into the single-stage rows each stage of
+    the classic chain is tuned on: for every output, I_ALL followed by the
+    earlier outputs as text, and for stage B its input I_B as I_A.
+    """
+    rows = {"A": [], "B": []}
+    for ex in examples:
+        before = ex["I_ALL"]
+        for key in ("O_1A", "O_1B", "O_2A", "O_2B", "O_3A"):
+            stage = key[-1]
+            row = {"I_ALL": before}
+            if stage == "B":
+                row["I_A"] = ex["I_B"]
+            row["O_A"] = ex[key]
+            rows[stage].append(row)
+            before += "\n" + ex[key]
     return rows
 
 
@@ -364,9 +400,6 @@ def parse_args(argv):
         args.mix = []
     if len(args.mix) != 3 or min(args.mix) < 0:
         p.error("--corpus-mix must be three counts C,A,R of 0 or more")
-    if args.corpus_format == "chain" and args.mix[2]:
-        p.error("--corpus-format chain has no reason texts: "
-                "--corpus-mix must end with 0")
     for name in ("train", "dev", "test", "corpus", "distractors"):
         if getattr(args, name) < 0:
             p.error("--%s must not be negative" % name)
@@ -399,14 +432,22 @@ def main(argv):
                     [{"I_ALL": ex["I_ALL"], "I_A": ex["O_A"],
                       "O_A": ex["O_B"]} for ex in single])
         write_jsonl(os.path.join(args.out, "multi-%s.jsonl" % split), multi)
+        for stage, rows in classic_multi(multi).items():
+            write_jsonl(os.path.join(args.out, "classic-multi-%s-%s.jsonl"
+                                     % (stage, split)), rows)
     world = World(creatures["train"], people["train"],
                   random.Random("%d/corpus" % args.seed))
     if args.corpus_format == "chain":
         rows = chain_rows(world, args)
         # the words stand for the stage prompts: hard prompts as they are,
         # and where tuned prompts start from
+        rows_a, rows_b = multi_rows(world, args)
+        write_jsonl(os.path.join(args.out, "corpus-multi-A.jsonl"), rows_a)
+        write_jsonl(os.path.join(args.out, "corpus-multi-B.jsonl"), rows_b)
         for name, words in (("words-A.txt", COMPRESS_WORDS),
-                            ("words-B.txt", ANSWER_WORDS)):
+                            ("words-B.txt", ANSWER_WORDS),
+                            ("words-multi-A.txt", REASON_WORDS),
+                            ("words-multi-B.txt", RECALL_WORDS)):
             with open(os.path.join(args.out, name), "w",
                       encoding="utf-8") as f:
                 f.write(words)

@@ -74,20 +74,15 @@ if [ -z "$prompt_a" ] && [ "$own_model" = no ]; then
 	prompt_b=$demo/prompts/fthss/B
 fi
 case $count in
-''|*[!0-9]*) die "-n wants a count of questions, got '$count'" ;;
+''|*[!0-9]*|0) die "-n wants a count of questions of 1 or more, got '$count'" ;;
 esac
 [ -f "$model" ] || die "$model: no such file"
 [ -f "$questions" ] || die "$questions: no such file"
+for p in "$prompt_a" "$prompt_b"; do
+	[ -z "$p" ] || [ -d "$p" ] || die "$p: no such prompt folder"
+done
+[ -z "$socket" ] || [ -S "$socket" ] || die "$socket: no kvchaind socket there"
 command -v python3 >/dev/null || die "python3 is required (scripts/deps.sh installs it)"
-
-now() {
-	date +%s.%N
-}
-
-start=$(now)
-"$top/scripts/build.sh"
-awk -v a="$start" -v b="$(now)" \
-	'BEGIN { printf "build: %.1f s (only what was missing)\n", b - a }'
 
 dir=$(mktemp -d)
 daemon_pid=""
@@ -100,6 +95,44 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
+
+# One question per file: I_ALL, I_A and the expected O_B (maybe empty).
+python3 - "$questions" "$count" "$dir" <<'EOF'
+import json, os, sys
+path, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+n = 0
+with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+        if n == count:
+            break
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+        except ValueError as e:
+            sys.exit("demo: %s:%d: invalid JSON: %s" % (path, line_no, e))
+        if not (isinstance(ex, dict) and isinstance(ex.get("I_ALL"), str)
+                and isinstance(ex.get("I_A"), str)
+                and isinstance(ex.get("O_B", ""), str)):
+            sys.exit("demo: %s:%d: expected an object with the strings "
+                     "I_ALL, I_A and, optionally, O_B" % (path, line_no))
+        n += 1
+        for name, key in (("q", "I_ALL"), ("a", "I_A"), ("ref", "O_B")):
+            with open(os.path.join(out, "%d.%s" % (n, name)), "w",
+                      encoding="utf-8") as f_out:
+                f_out.write(ex.get(key, ""))
+if n == 0:
+    sys.exit("demo: %s has no questions" % path)
+EOF
+
+now() {
+	date +%s.%N
+}
+
+start=$(now)
+"$top/scripts/build.sh"
+awk -v a="$start" -v b="$(now)" \
+	'BEGIN { printf "build: %.1f s (only what was missing)\n", b - a }'
 
 if [ -z "$socket" ]; then
 	socket=$dir/kvchaind.sock
@@ -118,7 +151,6 @@ if [ -z "$socket" ]; then
 	done
 	echo "kvchaind: serving $model on $socket (pid $daemon_pid)"
 else
-	[ -S "$socket" ] || die "$socket: no kvchaind socket there"
 	echo "kvchaind: using the daemon on $socket"
 fi
 if [ -n "$prompt_a" ]; then
@@ -128,25 +160,6 @@ else
 	echo "prompts: hard, as text"
 	set -- --hard-a "$hard_a" --hard-b "$hard_b"
 fi
-
-# One question per file: I_ALL, I_A and the expected O_B (maybe empty).
-python3 - "$questions" "$count" "$dir" <<'EOF'
-import json, os, sys
-path, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-with open(path, encoding="utf-8") as f:
-    rows = [line for line in f if line.strip()][:count]
-for i, line in enumerate(rows, 1):
-    try:
-        ex = json.loads(line)
-        fields = [ex["I_ALL"], ex["I_A"], ex.get("O_B", "")]
-    except (ValueError, KeyError, TypeError) as e:
-        sys.exit("demo: %s:%d: expected an object with I_ALL and I_A (%s)"
-                 % (path, i, e))
-    for name, text in zip(("q", "a", "ref"), fields):
-        with open(os.path.join(out, "%d.%s" % (i, name)), "w",
-                  encoding="utf-8") as f:
-            f.write(text)
-EOF
 
 # Lower case, no punctuation and no surrounding blanks, as exact match
 # scores.
@@ -198,7 +211,6 @@ while [ -f "$dir/$i.q" ]; do
 	i=$((i + 1))
 done
 echo
-[ "$asked" -gt 0 ] || die "$questions has no questions"
 if [ "$checked" -gt 0 ]; then
 	echo "$right of $checked answers right"
 fi
