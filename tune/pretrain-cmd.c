@@ -24,7 +24,7 @@
 #include "optim.h"
 #include "pretrain.h"
 
-/* Most --data files of one run. */
+/* Maximum number of --data files in one run. */
 #define PRETRAIN_MAX_DATA 8
 
 struct pretrain_opts {
