@@ -702,8 +702,7 @@ out_free_path:
 
 /* ---- Saving an adapter folder ---------------------------------------- */
 
-/* Creates @dir and its missing parents, like mkdir -p. */
-static int make_dirs(const char *dir, char *err, size_t errlen)
+int prompt_make_dirs(const char *dir, char *err, size_t errlen)
 {
 	char *copy, *p;
 	struct stat st;
@@ -944,7 +943,7 @@ int stage_prompt_save_peft(const char *dir,
 			prompts[0]->n, prompts[0]->d_model);
 		return -EOVERFLOW;
 	}
-	ret = make_dirs(dir, err, errlen);
+	ret = prompt_make_dirs(dir, err, errlen);
 	if (ret)
 		return ret;
 	ret = save_tensors(dir, prompts, n_prompts, err, errlen);

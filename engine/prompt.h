@@ -96,4 +96,11 @@ int stage_prompt_save_peft(const char *dir,
 			   const struct stage_prompt *const *prompts,
 			   uint32_t n_prompts, char *err, size_t errlen);
 
+/*
+ * Creates folder @dir and its missing parents, like mkdir -p. Returns 0
+ * (also when it exists) or a negative errno with a message naming the
+ * folder that could not be made.
+ */
+int prompt_make_dirs(const char *dir, char *err, size_t errlen);
+
 #endif /* KVCHAIN_PROMPT_H */

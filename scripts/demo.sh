@@ -12,7 +12,9 @@
 #
 #   -m FILE      base model (default models/demo/base.gguf)
 #   -a, -b DIR   PEFT prompt adapters of stages A and B (default: the demo's
-#                FTHSS prompts with the demo model, none with another)
+#                FTHSS prompts with the demo model, hard prompts with
+#                another). The chain always shares KV, so classic prompts
+#                here run the naive way of docs/results.md.
 #   --hard-a, --hard-b TEXT
 #                hard prompts, used when no adapters are given (default:
 #                the demo's instruction words)
@@ -39,7 +41,6 @@ hard_b="$(cat "$demo/words-B.txt")
 questions=$demo/questions.jsonl
 socket=""
 count=5
-own_model=no
 
 die() {
 	echo "demo: $*" >&2
@@ -52,7 +53,7 @@ need_arg() {
 
 while [ "$#" -gt 0 ]; do
 	case $1 in
-	-m) need_arg "$@"; model=$2; own_model=yes ;;
+	-m) need_arg "$@"; model=$2 ;;
 	-a) need_arg "$@"; prompt_a=$2 ;;
 	-b) need_arg "$@"; prompt_b=$2 ;;
 	--hard-a) need_arg "$@"; hard_a=$2 ;;
@@ -69,7 +70,10 @@ if { [ -n "$prompt_a" ] && [ -z "$prompt_b" ]; } ||
    { [ -z "$prompt_a" ] && [ -n "$prompt_b" ]; }; then
 	die "give both -a and -b, or neither"
 fi
-if [ -z "$prompt_a" ] && [ "$own_model" = no ]; then
+# The demo's FTHSS prompts fit the demo model only; another model gets
+# hard prompts unless -a and -b name tuned ones.
+if [ -z "$prompt_a" ] && [ -f "$model" ] &&
+   [ "$(realpath "$model")" = "$(realpath "$demo/base.gguf")" ]; then
 	prompt_a=$demo/prompts/fthss/A
 	prompt_b=$demo/prompts/fthss/B
 fi

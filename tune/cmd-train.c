@@ -34,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -102,7 +101,7 @@ static void usage(FILE *out)
 "  -m, --model FILE        GGUF base model\n"
 "  -d, --data FILE         examples: JSON array or JSON Lines of objects\n"
 "                          with keys I_ALL, I_A, O_A, O_B, ... or O_1A, ...\n"
-"  -o, --out DIR           output folder (created)\n"
+"  -o, --out DIR           output folder (created with its parents)\n"
 "  -s, --stage X|all       single-round stage letter to train, or every\n"
 "                          stage in order (default all)\n"
 "      --prompts-in DIR    adapter of earlier stages, frozen in their slots\n"
@@ -997,12 +996,12 @@ static int check_plan(struct trainer *t, uint32_t *first, uint32_t *last)
 
 static int make_out_dir(const char *dir)
 {
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-		fprintf(stderr, "kvchain-tune: cannot create %s: %s\n", dir,
-			strerror(errno));
-		return -errno;
-	}
-	return 0;
+	char err[512];
+	int rc = prompt_make_dirs(dir, err, sizeof(err));
+
+	if (rc < 0)
+		fprintf(stderr, "kvchain-tune: %s\n", err);
+	return rc;
 }
 
 /* Reads the checkpoint for --resume; *have is false when there is none. */
