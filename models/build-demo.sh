@@ -8,7 +8,7 @@
 # (probe.py), train the stage prompts the FTHSS way and the classic way
 # (kvchain-tune train), and compare the three ways on the test split
 # (kvchain-tune eval). Prints and saves the time of each step. Needs
-# python3 and no network; about 50 minutes on two cores. The files that
+# python3 and no network; about an hour on two cores. The files that
 # models/demo/ holds come out as $DEMO_DIR/base.gguf, prompts/ and the
 # logs. See models/README.md.
 #
