@@ -54,7 +54,7 @@ struct train_opts {
 	const char *data_path;
 	const char *out_dir;
 	int stage;			/* -1: every stage */
-	char *prompt_dirs[MAX_PROMPT_DIRS];
+	const char *prompt_dirs[MAX_PROMPT_DIRS];
 	uint32_t n_prompt_dirs;
 	uint32_t prompt_len;
 	const char *init_texts[CHAIN_MAX_STAGES];	/* by stage */
@@ -219,13 +219,9 @@ static int parse_args(int argc, char **argv, struct train_opts *o)
 				return -1;
 			break;
 		case OPT_PROMPTS_IN:
-			if (o->n_prompt_dirs == MAX_PROMPT_DIRS) {
-				fprintf(stderr,
-					"kvchain-tune: at most %d --prompts-in folders\n",
-					MAX_PROMPT_DIRS);
+			if (tune_push_arg("--prompts-in", optarg, o->prompt_dirs,
+					  &o->n_prompt_dirs, MAX_PROMPT_DIRS))
 				return -1;
-			}
-			o->prompt_dirs[o->n_prompt_dirs++] = optarg;
 			break;
 		case 'n':
 			if (tune_parse_uint("--prompt-len", optarg, 1, 4096, &u))
@@ -233,13 +229,9 @@ static int parse_args(int argc, char **argv, struct train_opts *o)
 			o->prompt_len = (uint32_t)u;
 			break;
 		case OPT_INIT_TEXT:
-			if (o->n_init_texts == CHAIN_MAX_STAGES) {
-				fprintf(stderr,
-					"kvchain-tune: at most %d --init-text values\n",
-					CHAIN_MAX_STAGES);
+			if (tune_push_arg("--init-text", optarg, o->init_texts,
+					  &o->n_init_texts, CHAIN_MAX_STAGES))
 				return -1;
-			}
-			o->init_texts[o->n_init_texts++] = optarg;
 			break;
 		case OPT_INIT:
 			if (strcmp(optarg, "random") != 0) {
@@ -926,7 +918,7 @@ out_ctx:
 static int load_finished_stage(struct trainer *t, uint32_t stage)
 {
 	char dir[4096], err[512];
-	char *dirs[1] = { dir };
+	const char *dirs[1] = { dir };
 	struct stage_prompt *p;
 	uint32_t n;
 	int rc;

@@ -13,6 +13,19 @@
 
 #include "commands.h"
 
+int tune_push_arg(const char *flag, const char *value, const char **list,
+		  uint32_t *n, uint32_t max)
+{
+	if (*n == max) {
+		fprintf(stderr,
+			"kvchain-tune: too many %s options: at most %u\n",
+			flag, max);
+		return -1;
+	}
+	list[(*n)++] = value;
+	return 0;
+}
+
 int tune_parse_uint(const char *flag, const char *s, unsigned long min,
 		    unsigned long max, unsigned long *out)
 {
@@ -54,7 +67,7 @@ double tune_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int tune_load_prompts(const struct model *model, char *const *dirs,
+int tune_load_prompts(const struct model *model, const char *const *dirs,
 		      uint32_t n_dirs, struct stage_prompt **out, uint32_t cap,
 		      uint32_t *n_out, char *err, size_t errlen)
 {

@@ -28,7 +28,7 @@ int tune_cmd_eval(int argc, char **argv);
  * @cap prompts in @out and their count in *n_out. Returns 0 or a negative
  * errno with a message naming the folder.
  */
-int tune_load_prompts(const struct model *model, char *const *dirs,
+int tune_load_prompts(const struct model *model, const char *const *dirs,
 		      uint32_t n_dirs, struct stage_prompt **out, uint32_t cap,
 		      uint32_t *n_out, char *err, size_t errlen);
 
@@ -38,6 +38,14 @@ int tune_load_prompts(const struct model *model, char *const *dirs,
  */
 int tune_parse_uint(const char *flag, const char *s, unsigned long min,
 		    unsigned long max, unsigned long *out);
+
+/*
+ * Appends @value to the list @list (*n entries, room for @max) of the
+ * repeatable option @flag. Returns 0, or -1 after printing a message when
+ * the list is full.
+ */
+int tune_push_arg(const char *flag, const char *value, const char **list,
+		  uint32_t *n, uint32_t max);
 
 /* As tune_parse_uint, for a finite number. */
 int tune_parse_double(const char *flag, const char *s, double min,

@@ -131,14 +131,8 @@ static int parse_opt(int c, const char *arg, struct pretrain_opts *o)
 		o->model_path = arg;
 		return 0;
 	case 'd':
-		if (o->n_data == PRETRAIN_MAX_DATA) {
-			fprintf(stderr,
-				"kvchain-tune: at most %d --data files\n",
-				PRETRAIN_MAX_DATA);
-			return -1;
-		}
-		o->data_paths[o->n_data++] = arg;
-		return 0;
+		return tune_push_arg("--data", arg, o->data_paths, &o->n_data,
+				     PRETRAIN_MAX_DATA);
 	case 'o':
 		o->out_path = arg;
 		return 0;

@@ -123,10 +123,10 @@ int tune_pretrain_load_text(const char *path, const struct model *model,
 			    size_t errlen);
 
 /*
- * Loads the FTHSS segment format as tune_pretrain_load_text() does and
- * also returns in *untrained (n_out bytes, free with free()) a 1 for each
- * token that is not an output's own token or its EOS: the inputs and each
- * output's BOS, which the chain feeds rather than predicts. A file of
+ * Loads the FTHSS segment format as tune_pretrain_load_text() does. Also
+ * returns in *untrained (n_out bytes, free with free()) a 1 for each token
+ * that is not an output's own token or its EOS. Those are the inputs and
+ * each output's BOS, which the chain feeds rather than predicts. A file of
  * {"text": ...} objects has no outputs and is rejected with -EINVAL.
  */
 int tune_pretrain_load_outputs(const char *path, const struct model *model,
