@@ -8,10 +8,11 @@
 # memory figures to OUT/results.png.
 #
 # usage: bench/demo-results.sh [-n EXAMPLES] [-r RIVALS] [-t THREADS] [OUT]
-#   -n: test questions (default 200, the whole split); -r: documents that
-#   also state the asked attribute (gen-tasks.py --rivals; default 0, the
-#   demo's task); OUT defaults to the current folder; BUILD_DIR names the
-#   kvchain build (default build/ of the source tree).
+#   -n  test questions (default 200, the whole split)
+#   -r  documents that also state the asked attribute (gen-tasks.py
+#       --rivals; default 0, the demo's task)
+#   OUT the output folder (default the current one); BUILD_DIR names the
+#       kvchain build (default build/ of the source tree)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$top/build}
@@ -24,7 +25,7 @@ while getopts n:r:t:h opt; do
 	n) examples=$OPTARG ;;
 	r) rivals=$OPTARG ;;
 	t) threads=$OPTARG ;;
-	*) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+	*) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))

@@ -1,16 +1,16 @@
 #!/bin/sh
 # Builds the demo chain's base model and prompts from nothing, with fixed
-# seeds. The steps: generate the synthetic tasks and pretraining corpora
-# (gen-tasks.py), train a byte-level BPE vocabulary on the first corpus
-# (mkvocab.py), write a llama GGUF with random weights and that
-# vocabulary (mkbase), pretrain every weight in six stages (kvchain-tune
-# pretrain), probe the text-trained model with plain instruction words
-# (probe.py), train the stage prompts the FTHSS way and the classic way
-# (kvchain-tune train), and compare the three ways on the test split
-# (kvchain-tune eval). Prints and saves the time of each step. Needs
-# python3 and no network; about an hour on two cores. The files that
-# models/demo/ holds come out as $DEMO_DIR/base.gguf, prompts/ and the
-# logs. See models/README.md.
+# seeds, in these steps:
+#   - gen-tasks.py: the synthetic tasks and pretraining corpora;
+#   - mkvocab.py: a byte-level BPE vocabulary from the first corpus;
+#   - mkbase: a llama GGUF with random weights and that vocabulary;
+#   - kvchain-tune pretrain: every weight, in six stages;
+#   - probe.py: the text-trained model with plain instruction words;
+#   - kvchain-tune train: the stage prompts, FTHSS and classic;
+#   - kvchain-tune eval: the three ways on the test splits.
+# Prints and saves the time of each step. Needs python3 and no network,
+# and takes about an hour on two cores. The files of models/demo/ come out
+# as $DEMO_DIR/base.gguf, prompts/ and the logs. See models/README.md.
 #
 # Settings come from the environment:
 #   BUILD_DIR     kvchain build folder (default: build/ of the source tree)
@@ -92,9 +92,9 @@ step data-chain python3 "$top/models/gen-tasks.py" -o "$out/data-chain" \
 step data-demo python3 "$top/models/gen-tasks.py" -o "$out/data-demo" \
 	--seed "$seed" --corpus-format chain --corpus-mix 3,1,1 --rivals 0
 
-# Runs kvchain-tune pretrain as step $1 from model $2 for $3 steps at
-# peak learning rate $4 with window seed $5, warm-up $6 and the loss on $7
-# (all tokens or the outputs only); the rest are the corpora.
+# Runs kvchain-tune pretrain as step $1 from model $2 for $3 steps. The
+# peak learning rate is $4, the window seed $5, the warm-up $6 and the
+# loss $7 (all or outputs). The other arguments are the corpora.
 pretrain() {
 	name=$1 from=$2 steps=$3 lr=$4 window_seed=$5 warmup=$6 loss=$7
 	shift 7
@@ -127,12 +127,11 @@ step probe python3 "$top/models/probe.py" --run "$build/tools/kvchain-run" \
 	-m "$out/pretrain-4.gguf" -d "$out/data" -n "$probe_n" -t "$threads"
 cat "$out/probe.log"
 
-# The stage prompts, three ways from the same data (the single-round
-# train split): FTHSS trains A, then B with the cascade mask reading A's
-# KV; the classic chain tunes each stage alone on its own text (B on the
-# reference O_A as text). Each prompt starts from its instruction words,
-# so before training it is the hard prompt the base model was pretrained
-# with.
+# The single-round stage prompts, from the same train split. FTHSS trains
+# A, then B with the cascade mask reading A's KV. The classic chain tunes
+# each stage alone on its own text, B on the reference O_A as text. Each
+# prompt starts from its instruction words, so before training it is the
+# hard prompt the base model was pretrained with.
 # The words end with a newline, which $(...) drops.
 a_words="$(cat "$out/data-demo/words-A.txt")
 "

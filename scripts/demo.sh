@@ -1,8 +1,8 @@
 #!/bin/sh
-# The demo chain: builds what is missing, starts kvchaind on the demo
-# model (or uses a running daemon), and for each question runs stage A
+# The demo chain. Builds what is missing and starts kvchaind on the demo
+# model (or uses a running daemon). For each question it runs stage A
 # (compress the passages into the sentence that answers) and stage B
-# (answer from that sentence) as two processes; stage B reads stage A's
+# (answer from that sentence) as two processes. Stage B reads stage A's
 # KV through the segment handle stage A printed. Prints the question, O_A,
 # O_B and the timings, and stops the daemon it started.
 #
@@ -61,7 +61,7 @@ while [ "$#" -gt 0 ]; do
 	-q) need_arg "$@"; questions=$2 ;;
 	-s) need_arg "$@"; socket=$2 ;;
 	-n) need_arg "$@"; count=$2 ;;
-	-h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$1'; see the top of scripts/demo.sh" ;;
 	esac
 	shift 2

@@ -3,8 +3,8 @@
 # kvchaind on the first three questions of models/demo/questions.jsonl,
 # stage A and stage B as two processes passing the segment handle, and
 # checks that
-# - each O_B is the right answer (exact match after lower-casing and
-#   dropping punctuation, as kvchain-tune eval scores it);
+# - each O_B equals the expected O_B after lower-casing and dropping
+#   punctuation, as kvchain-tune eval scores exact match;
 # - O_B equals, byte for byte, what kvchain-tune eval's shared way
 #   generates for the same question in one process.
 set -u

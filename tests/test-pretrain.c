@@ -354,10 +354,10 @@ static double span_loss(struct tune_ctx *ctx, const int32_t *stream,
 }
 
 /*
- * The loss on outputs: inputs and each output's BOS are marked untrained,
- * an output's tokens and EOS are trained; the masked loss is the mean of
- * the trained positions' own losses; a batch with nothing to train leaves
- * the weights alone.
+ * Checks the loss on outputs. Inputs and each output's BOS are marked
+ * untrained, an output's tokens and EOS trained. The masked loss is the
+ * mean of the trained positions' own losses, and a batch with nothing to
+ * train leaves the weights alone.
  */
 static void test_loss_outputs(void)
 {
@@ -369,7 +369,7 @@ static void test_loss_outputs(void)
 					 .t = 1 };
 	struct tune_params *p;
 	struct tune_ctx *ctx;
-	uint8_t *untrained, *one, *all;
+	uint8_t *untrained, *single_pos, *all;
 	size_t n, i, starts[1] = { 0 }, n_trained = 0;
 	double masked, sum = 0.0, *m, *v;
 	float *before;
@@ -400,21 +400,21 @@ static void test_loss_outputs(void)
 	CU_ASSERT_EQUAL_FATAL(tune_params_create(llama, SIZE_MAX, &p, err,
 						 sizeof(err)), 0);
 	ctx = tune_ctx_create(&p->model, NULL, (uint32_t)n, TUNE_F64);
-	one = malloc(n);
+	single_pos = malloc(n);
 	all = malloc(n);
 	m = calloc(p->n, sizeof(double));
 	v = calloc(p->n, sizeof(double));
 	before = malloc(p->n * sizeof(float));
-	CU_ASSERT_FATAL(ctx && one && all && m && v && before);
+	CU_ASSERT_FATAL(ctx && single_pos && all && m && v && before);
 
 	/* position j predicts stream[j + 1] */
 	masked = span_loss(ctx, stream, (uint32_t)n - 1, untrained + 1);
 	for (i = 0; i + 1 < n; i++) {
 		if (untrained[i + 1])
 			continue;
-		memset(one, 1, n);
-		one[i] = 0;
-		sum += span_loss(ctx, stream, (uint32_t)n - 1, one);
+		memset(single_pos, 1, n);
+		single_pos[i] = 0;
+		sum += span_loss(ctx, stream, (uint32_t)n - 1, single_pos);
 	}
 	CU_ASSERT_DOUBLE_EQUAL(masked, sum / (double)n_trained, 1e-9);
 	CU_ASSERT(fabs(masked - span_loss(ctx, stream, (uint32_t)n - 1,
@@ -437,7 +437,7 @@ static void test_loss_outputs(void)
 	free(before);
 	free(m);
 	free(v);
-	free(one);
+	free(single_pos);
 	free(all);
 	free(untrained);
 	free(stream);
